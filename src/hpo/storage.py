@@ -1,0 +1,65 @@
+"""Open Optuna storages from a URL: sqlite / postgresql / mysql (RDB), journal files, memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage
+
+from hpo.errors import ConfigError
+
+JOURNAL_PREFIX = "journal://"
+
+
+def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None) -> BaseStorage:
+    """An Optuna storage for ``url``.
+
+    Forms: ``sqlite:///path.db``, ``postgresql://user@host/db``, ``mysql://...``,
+    ``journal:///path/to/file.log`` (Optuna's JournalStorage with a file backend, good for many
+    workers on a shared file system), ``memory`` or ``None`` (in-memory, nothing persisted).
+    """
+    if url is None or url in ("", "memory", "inmemory", "in-memory"):
+        return optuna.storages.InMemoryStorage()
+    if url.startswith(JOURNAL_PREFIX):
+        path = Path(url[len(JOURNAL_PREFIX):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError(
+            f"storage URL {url!r} is not a URL: use sqlite:///path/hpo.db, "
+            "postgresql://user@host/db, journal:///path/hpo.log or memory"
+        )
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///"):]
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, object] = {}
+    if heartbeat_interval:
+        kwargs["heartbeat_interval"] = heartbeat_interval
+        if grace_period:
+            kwargs["grace_period"] = grace_period
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"pool_pre_ping": True}, **kwargs  # type: ignore[arg-type]
+        )
+    except Exception as exc:  # SQLAlchemy raises many types; all mean "can't open it"
+        raise ConfigError(
+            f"cannot open storage {redact_url(url)!r}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]} (check the URL, the server and its credentials)"
+        ) from exc
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and messages)."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
