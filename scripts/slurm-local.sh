@@ -179,6 +179,8 @@ DefMemPerCPU=1024
 # Refuse at submit time what the node can never give, instead of pending forever.
 EnforcePartLimits=ALL
 MailProg=/bin/true
+# slurmd listens on NodeAddr (127.0.0.1) only; munge authenticates every message anyway.
+CommunicationParameters=NoInAddrAny
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
