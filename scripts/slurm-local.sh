@@ -104,7 +104,7 @@ PACKAGES="munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
 install_packages() {
   local missing="" p policy_tmp=0 apt_log="$LOG/apt.log"
   for p in $PACKAGES; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing="$missing $p"
+    [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == *"ok installed" ]] || missing="$missing $p"
   done
   [ -n "$missing" ] || return 0
   command -v apt-get >/dev/null || die "packages$missing are missing and there is no apt-get; install them by hand."
@@ -283,7 +283,7 @@ start_slurmdbd() {
     || { show_tail "$LOG/slurmdbd.log"; die "slurmdbd did not answer within 60 s."; }
 }
 
-node_ready() { sinfo -h -N -o '%T' | grep -qE '^(idle|mixed|allocated|completing)'; }
+node_ready() { [[ "$(sinfo -h -N -o '%T')" =~ ^(idle|mixed|allocated|completing) ]]; }
 
 start_slurm() {
   if ! running "$RUN/slurmctld.pid" slurmctld; then
