@@ -1,0 +1,79 @@
+"""The agent chain: LLM roles that read a study's history and propose configurations.
+
+Knows the LLM protocol (:mod:`hpo.llm.base`), the search space (:mod:`hpo.space`) and Optuna's
+FrozenTrial (read-only); never Hydra. The sampler calls :func:`build_chain` once and then
+:meth:`AgentChain.propose` / :meth:`AgentChain.repair` per batch.
+"""
+
+from __future__ import annotations
+
+from hpo.agents.cache import CachingClient
+from hpo.agents.chain import (
+    WEB_SEARCH_TOOL,
+    AgentChain,
+    Budget,
+    BudgetExceeded,
+    CallRecord,
+    ChainResult,
+    ConsultantsChain,
+    DiagnoseChain,
+    PlannerChain,
+    RoleSettings,
+    SingleChain,
+    StudyView,
+)
+from hpo.agents.factory import NO_CREDENTIALS_WARNING, build_chain
+from hpo.agents.features import (
+    CurveFeatures,
+    conclusive_verdict,
+    curve_features,
+    fold_summary,
+    per_class_summary,
+    trial_features,
+)
+from hpo.agents.history import Anonymizer, HistoryOptions, estimate_tokens, render_history
+from hpo.agents.models import (
+    AnalystReply,
+    ConsultantReply,
+    PlannerReply,
+    Proposal,
+    ProposerReply,
+    ResearchReply,
+)
+from hpo.agents.prompts import ROLES, PromptSet
+
+__all__ = [
+    "NO_CREDENTIALS_WARNING",
+    "ROLES",
+    "WEB_SEARCH_TOOL",
+    "AgentChain",
+    "AnalystReply",
+    "Anonymizer",
+    "Budget",
+    "BudgetExceeded",
+    "CachingClient",
+    "CallRecord",
+    "ChainResult",
+    "ConsultantReply",
+    "ConsultantsChain",
+    "CurveFeatures",
+    "DiagnoseChain",
+    "HistoryOptions",
+    "PlannerChain",
+    "PlannerReply",
+    "PromptSet",
+    "Proposal",
+    "ProposerReply",
+    "ResearchReply",
+    "RoleSettings",
+    "SingleChain",
+    "StudyView",
+    "build_chain",
+    "conclusive_verdict",
+    "curve_features",
+    "estimate_tokens",
+    "fold_summary",
+    "per_class_summary",
+    "render_history",
+    "trial_features",
+]

@@ -1,0 +1,442 @@
+"""Compact, bounded rendering of a study's history for prompts, with anonymization.
+
+The rendered text has a fixed shape whatever the number of trials: summary statistics, per-param
+ranges tried, the best k trials, the k most recent ones and every running trial (params only,
+so nothing is proposed twice; capped at ``max_running``). One line per trial.
+
+Everything that comes from storage and is not a number or a search-space value (metric names,
+class names, notes such as a failure reason, task context) is data: it is anonymized, truncated
+and rendered as a quoted JSON string with ``<`` and ``>`` escaped, so that it can neither close
+the surrounding ``<history>`` block nor read as an instruction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.agents.features import fold_summary, per_class_summary, trial_features
+from hpo.space import ParamSpec
+
+__all__ = [
+    "Anonymizer",
+    "HistoryOptions",
+    "estimate_tokens",
+    "quote",
+    "render_context",
+    "render_history",
+    "render_trial_line",
+]
+
+_PATH_RE = re.compile(r"(?<![\w/.~])(?:~|[A-Za-z]:)?[/\\](?:[\w.\-~]+[/\\])+[\w.\-~]*")
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (characters / 4), good enough for budgets and bounds."""
+    return (len(text) + 3) // 4
+
+
+def quote(value: Any, *, max_chars: int = 120) -> str:
+    """``value`` as a truncated JSON string literal that cannot break out of a data block.
+
+    Control characters are escaped by JSON; ``<`` and ``>`` become ``\\u003c``/``\\u003e`` so that
+    a stored ``</history>`` stays inert text.
+    """
+    text = value if isinstance(value, str) else str(value)
+    text = " ".join(text.split())  # one line, no layout tricks
+    if len(text) > max_chars:
+        text = text[: max(max_chars - 1, 1)] + "…"
+    return (
+        json.dumps(text, ensure_ascii=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+    )
+
+
+class Anonymizer:
+    """Replaces caller-named sensitive strings with neutral tokens in rendered free text.
+
+    Parameter names and search-space values are never anonymized (the LLM needs them to
+    propose); everything else rendered from storage or context goes through :meth:`apply`.
+    Matching is case-insensitive, longest string first. With ``enabled`` the anonymizer also
+    replaces absolute file-system paths by ``[path]``.
+
+    Args:
+        mapping: Sensitive string -> neutral token, e.g. ``{"cifar10": "dataset_1"}``.
+        enabled: False turns every replacement off (the opt-out).
+    """
+
+    def __init__(self, *, mapping: Mapping[str, str] | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.mapping = {str(k): str(v) for k, v in (mapping or {}).items() if str(k).strip()}
+        keys = sorted(self.mapping, key=len, reverse=True)
+        self._lower = {k.lower(): v for k, v in self.mapping.items()}
+        self._re = (
+            re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE) if keys else None
+        )
+
+    @classmethod
+    def from_names(
+        cls,
+        *,
+        dataset: str | None = None,
+        models: Iterable[str] = (),
+        study: str | None = None,
+        paths: Iterable[str] = (),
+        extra: Mapping[str, str] | None = None,
+        enabled: bool = True,
+    ) -> Anonymizer:
+        """An anonymizer for the usual sensitive names.
+
+        Args:
+            dataset: The dataset name (becomes ``dataset_1``).
+            models: Model names (``model_1``, ``model_2``, ...).
+            study: The study name (``study_1``).
+            paths: Project paths (``path_1``, ...).
+            extra: Further string -> token pairs.
+            enabled: False turns anonymization off.
+        """
+        mapping: dict[str, str] = {}
+        if dataset:
+            mapping[dataset] = "dataset_1"
+        for i, m in enumerate(dict.fromkeys(m for m in models if m), start=1):
+            mapping.setdefault(m, f"model_{i}")
+        if study:
+            mapping.setdefault(study, "study_1")
+        for i, p in enumerate(dict.fromkeys(p for p in paths if p), start=1):
+            mapping.setdefault(p, f"path_{i}")
+        mapping.update(extra or {})
+        return cls(mapping=mapping, enabled=enabled)
+
+    def apply(self, text: str) -> str:
+        """``text`` with every sensitive string replaced (unchanged when disabled)."""
+        if not self.enabled:
+            return text
+        if self._re is not None:
+            text = self._re.sub(lambda m: self._lower[m.group(0).lower()], text)
+        return _PATH_RE.sub("[path]", text)
+
+
+@dataclass(frozen=True)
+class HistoryOptions:
+    """How much history a prompt shows.
+
+    Attributes:
+        best_k: Best trials listed (Pareto-front trials for several objectives).
+        recent_k: Most recent finished trials listed (not already among the best).
+        max_running: Cap on the running trials listed (a note says how many were left out).
+        max_text_chars: Truncation of every free-text string rendered.
+        note_attrs: User attrs rendered as quoted notes when present (e.g. a failure reason).
+        max_choices: Categorical choices listed per param in the ranges summary.
+    """
+
+    best_k: int = 8
+    recent_k: int = 8
+    max_running: int = 64
+    max_text_chars: int = 120
+    note_attrs: tuple[str, ...] = ("fail_reason",)
+    max_choices: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("best_k", "recent_k", "max_running", "max_text_chars", "max_choices"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"history {name}={value!r} is invalid: use an integer >= 0")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> HistoryOptions:
+        """Options from a plain dict such as the agent config's ``history`` entry."""
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"history options {sorted(unknown)} are unknown: use "
+                f"{sorted(cls.__dataclass_fields__)}"
+            )
+        if "note_attrs" in cfg:
+            cfg["note_attrs"] = tuple(cfg["note_attrs"])
+        return cls(**cfg)
+
+
+def _fmt_num(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.6g}"
+    return quote(v)
+
+
+def _fmt_param(v: Any) -> str:
+    """Search-space values are kept verbatim (JSON), never anonymized; strings still quoted."""
+    if isinstance(v, str):
+        return quote(v, max_chars=200)
+    return _fmt_num(v)
+
+
+def _finite_values(t: FrozenTrial) -> list[float] | None:
+    vals = t.values
+    if vals is None or not all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
+        return None
+    return [float(v) for v in vals]
+
+
+class _Ctx:
+    def __init__(
+        self,
+        *,
+        space: Sequence[ParamSpec],
+        directions: Sequence[str],
+        objective_names: Sequence[str],
+        anonymizer: Anonymizer,
+        options: HistoryOptions,
+    ) -> None:
+        self.space = list(space)
+        self.directions = list(directions)
+        self.names = list(objective_names) or [f"objective_{i}" for i in range(len(directions))]
+        self.anon = anonymizer
+        self.opt = options
+
+    def text(self, s: Any) -> str:
+        return quote(self.anon.apply(str(s)), max_chars=self.opt.max_text_chars)
+
+
+def render_trial_line(
+    trial: FrozenTrial,
+    *,
+    space: Sequence[ParamSpec],
+    directions: Sequence[str],
+    objective_names: Sequence[str],
+    anonymizer: Anonymizer | None = None,
+    options: HistoryOptions | None = None,
+) -> str:
+    """One compact line for ``trial`` (values, params, curve features, per-class, folds)."""
+    ctx = _Ctx(
+        space=space,
+        directions=directions,
+        objective_names=objective_names,
+        anonymizer=anonymizer or Anonymizer(enabled=False),
+        options=options or HistoryOptions(),
+    )
+    return _line(trial, ctx)
+
+
+def _params_text(trial: FrozenTrial, ctx: _Ctx) -> str:
+    names = [p.name for p in ctx.space] or list(trial.params)
+    parts = [f"{n}={_fmt_param(trial.params[n])}" for n in names if n in trial.params]
+    extra = [n for n in trial.params if n not in set(names)]
+    parts += [f"{n}={_fmt_param(trial.params[n])}" for n in extra]
+    return ", ".join(parts)
+
+
+def _line(trial: FrozenTrial, ctx: _Ctx) -> str:
+    state = trial.state.name
+    head = f"#{trial.number} {state}"
+    if trial.state == TrialState.RUNNING:
+        return f"{head} | {_params_text(trial, ctx)}"
+    segs = [head]
+    if trial.values is not None:
+        pairs = zip(ctx.names, trial.values, strict=False)
+        segs.append(" ".join(f"{ctx.text(n)}={_fmt_num(v)}" for n, v in pairs))
+    segs.append(_params_text(trial, ctx))
+    extras: list[str] = []
+    if trial.intermediate_values:
+        f = trial_features(trial, ctx.directions[0] if ctx.directions else "minimize")
+        curve = f"steps={f.n_steps}"
+        if f.last is not None and trial.values is None:
+            curve += f" last={_fmt_num(f.last)}"
+        if f.best is not None:
+            curve += f" best={_fmt_num(f.best)}@{f.best_step}"
+        if f.overfit_gap is not None and not f.overfit:
+            curve += f" gap={_fmt_num(f.overfit_gap)}"
+        flags = f.flags()
+        if flags:
+            curve += " flags=" + ",".join(flags)
+        extras.append(curve)
+    attrs = trial.user_attrs
+    for pc in per_class_summary(attrs.get("per_class"), k=3):
+        weakest = ", ".join(f"{ctx.text(c)}={_fmt_num(v)}" for c, v in pc.weakest)
+        extras.append(
+            f"per_class {ctx.text(pc.metric)} mean={_fmt_num(pc.mean)} weakest: {weakest}"
+        )
+    fs = fold_summary(attrs.get("folds"))
+    if fs is not None:
+        extras.append(
+            f"folds n={fs.n} mean={_fmt_num(fs.mean)} std={_fmt_num(fs.std)} "
+            f"min={_fmt_num(fs.min)}"
+        )
+    for key in ctx.opt.note_attrs:
+        if key in attrs and attrs[key] not in (None, ""):
+            extras.append(f"note {ctx.text(key)}: {ctx.text(attrs[key])}")
+    segs.extend(extras)
+    return " | ".join(segs)
+
+
+def _pareto_front(trials: list[FrozenTrial], signs: list[float]) -> list[FrozenTrial]:
+    pts = []
+    for t in trials:
+        v = _finite_values(t)
+        if v is not None and len(v) == len(signs):
+            pts.append(([s * x for s, x in zip(signs, v, strict=True)], t))
+    pts.sort(key=lambda p: p[0])
+    front: list[tuple[list[float], FrozenTrial]] = []
+    for v, t in pts:
+        dominated = any(
+            all(a <= b for a, b in zip(f, v, strict=True)) and f != v for f, _ in front
+        )
+        if not dominated:
+            front.append((v, t))
+    return [t for _, t in front]
+
+
+def _best(complete: list[FrozenTrial], ctx: _Ctx, k: int) -> list[FrozenTrial]:
+    if k == 0 or not complete:
+        return []
+    signs = [1.0 if d == "minimize" else -1.0 for d in ctx.directions]
+    if len(signs) == 1:
+        scored = [(signs[0] * v[0], t.number, t) for t in complete if (v := _finite_values(t))]
+        return [t for _, _, t in heapq.nsmallest(k, scored, key=lambda x: (x[0], x[1]))]
+    return _pareto_front(complete, signs)[:k]
+
+
+def _ranges(finished: list[FrozenTrial], best: list[FrozenTrial], ctx: _Ctx) -> list[str]:
+    """Per-param ranges tried over finished trials, plus the range among the best trials."""
+    out: list[str] = []
+    for spec in ctx.space:
+        vals = [t.params[spec.name] for t in finished if spec.name in t.params]
+        if not vals:
+            out.append(f"  {spec.name}: not tried yet")
+            continue
+        if isinstance(spec.distribution, CategoricalDistribution):
+            counts = Counter(_fmt_param(v) for v in vals)
+            shown = counts.most_common(ctx.opt.max_choices)
+            txt = ", ".join(f"{c} x{n}" for c, n in shown)
+            more = len(counts) - len(shown)
+            if more > 0:
+                txt += f", +{more} more"
+            out.append(f"  {spec.name}: tried {txt}")
+            continue
+        nums = [float(v) for v in vals if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not nums:
+            continue
+        line = f"  {spec.name}: tried {_fmt_num(min(nums))}..{_fmt_num(max(nums))} (n={len(nums)})"
+        top = [
+            float(t.params[spec.name])
+            for t in best
+            if isinstance(t.params.get(spec.name), int | float)
+        ]
+        if top:
+            line += f"; best trials {_fmt_num(min(top))}..{_fmt_num(max(top))}"
+        out.append(line)
+    return out
+
+
+def render_history(
+    trials: Sequence[FrozenTrial],
+    *,
+    space: Sequence[ParamSpec],
+    directions: Sequence[str],
+    objective_names: Sequence[str] = (),
+    anonymizer: Anonymizer | None = None,
+    options: HistoryOptions | None = None,
+) -> str:
+    """The study history as compact text whose size does not grow with the number of trials.
+
+    Args:
+        trials: Every trial of the study, including RUNNING and WAITING ones.
+        space: The search space (fixes the parameter order in each line).
+        directions: ``"minimize"``/``"maximize"``, one per objective.
+        objective_names: One name per objective (e.g. ``"val/acc"``).
+        anonymizer: Applied to every free-text string; None renders them as stored.
+        options: Sizes of the best/recent/running sections.
+
+    Returns:
+        Plain text, one line per trial, meant to sit inside a ``<history>`` data block.
+    """
+    ctx = _Ctx(
+        space=space,
+        directions=directions,
+        objective_names=objective_names,
+        anonymizer=anonymizer or Anonymizer(enabled=False),
+        options=options or HistoryOptions(),
+    )
+    by_state: dict[TrialState, list[FrozenTrial]] = {s: [] for s in TrialState}
+    for t in trials:
+        by_state[t.state].append(t)
+    complete = by_state[TrialState.COMPLETE]
+    finished = sorted(
+        complete + by_state[TrialState.PRUNED] + by_state[TrialState.FAIL],
+        key=lambda t: t.number,
+    )
+    running = sorted(
+        by_state[TrialState.RUNNING] + by_state[TrialState.WAITING], key=lambda t: t.number
+    )
+
+    lines = [
+        f"trials: total={len(trials)} complete={len(complete)} "
+        f"pruned={len(by_state[TrialState.PRUNED])} failed={len(by_state[TrialState.FAIL])} "
+        f"running={len(running)}"
+    ]
+    for i, (name, direction) in enumerate(zip(ctx.names, ctx.directions, strict=False)):
+        vals = [v[i] for t in complete if (v := _finite_values(t)) and len(v) > i]
+        if not vals:
+            lines.append(f"objective {ctx.text(name)} ({direction}): no completed trial yet")
+            continue
+        pick = min if direction == "minimize" else max
+        best_v = pick(vals)
+        lines.append(
+            f"objective {ctx.text(name)} ({direction}): best={_fmt_num(best_v)} "
+            f"median={_fmt_num(statistics.median(vals))} "
+            f"worst={_fmt_num(max(vals) if pick is min else min(vals))}"
+        )
+
+    best = _best(complete, ctx, ctx.opt.best_k)
+    if ctx.space:
+        lines.append("params tried (finished trials; 'best trials' = range among the best):")
+        lines.extend(_ranges(finished, best, ctx))
+
+    if best:
+        label = "pareto front" if len(ctx.directions) > 1 else "best"
+        lines.append(f"{label} {len(best)}:")
+        lines.extend("  " + _line(t, ctx) for t in best)
+    shown = {t.number for t in best}
+    recent = [t for t in reversed(finished) if t.number not in shown][: ctx.opt.recent_k]
+    if recent:
+        lines.append(f"most recent {len(recent)} (newest first, best excluded):")
+        lines.extend("  " + _line(t, ctx) for t in recent)
+    if running:
+        listed = running[: ctx.opt.max_running]
+        lines.append(
+            f"running {len(running)} (params only; already being evaluated: do not propose "
+            "these again):"
+        )
+        lines.extend("  " + _line(t, ctx) for t in listed)
+        if len(running) > len(listed):
+            lines.append(f"  ... and {len(running) - len(listed)} more running")
+    return "\n".join(lines)
+
+
+def render_context(context: Mapping[str, str], anonymizer: Anonymizer | None = None, *,
+                   max_chars: int = 600) -> str:
+    """Task context (e.g. a description) as quoted, anonymized ``key: "value"`` lines."""
+    anon = anonymizer or Anonymizer(enabled=False)
+    return "\n".join(
+        f"{quote(anon.apply(str(k)), max_chars=60)}: "
+        f"{quote(anon.apply(str(v)), max_chars=max_chars)}"
+        for k, v in context.items()
+    )
