@@ -66,7 +66,7 @@ def register_live_storage(key: str, storage: object) -> None:
 
 
 def open_storage(url: str) -> object:
-    """The storage behind ``url``: a live in-process one if registered, else opened from the URL."""
+    """The storage behind ``url``: a live in-process one if registered, else opened anew."""
     live = _LIVE_STORAGES.get(url)
     if live is not None:
         return live

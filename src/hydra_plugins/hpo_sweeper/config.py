@@ -1,0 +1,80 @@
+"""ConfigStore entry ``hydra/sweeper=hpo``. Light: imported at every Hydra start.
+
+No ``from __future__ import annotations`` here: Hydra's plugin scanner runs this module outside
+``sys.modules`` and OmegaConf reads the real annotation types of the dataclass.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class HPOSweeperConf:
+    _target_: str = "hydra_plugins.hpo_sweeper.hpo_sweeper.HPOSweeper"
+
+    # Optuna storage URL: sqlite:///path.db, postgresql://user@host/db, journal:///path.log,
+    # or memory. Relative sqlite/journal paths are resolved against the launch directory.
+    # Keep passwords out of it: use PGPASSWORD/.pgpass, or ${oc.env:HPO_STORAGE_URL}.
+    storage: Optional[str] = "sqlite:///outputs/hpo.db"
+
+    # Study name; rerunning with the same name resumes the study.
+    study_name: str = "hpo"
+
+    # Total budget of the study: finished trials (complete + pruned + failed) the study should
+    # hold. Rerunning an interrupted sweep finishes the rest; raising it extends the study.
+    n_trials: int = 20
+
+    # Parallel slots: trials in flight at once. A slot is refilled as soon as its trial ends.
+    n_jobs: int = 1
+
+    # "minimize" | "maximize", or a list of them for multi-objective studies. The task returns
+    # one value per direction (hpo.train: the metrics named by `objective`).
+    direction: Any = "minimize"
+
+    # The search space: {param path: override grammar}, e.g.
+    # {optimizer.lr: "tag(log, interval(1e-5, 1e-1))", model: "choice(mlp, cnn)"}.
+    params: Optional[Dict[str, str]] = None
+
+    # One line per parameter for the agents: {param path: what it does, when to change it}.
+    descriptions: Dict[str, str] = field(default_factory=dict)
+
+    # Stop the sweep when failed / finished trials of this run exceeds this rate
+    # (judged once 3 trials have finished).
+    max_failure_rate: float = 0.5
+
+    # Seed of the samplers (LLM fallback, TPE) and of the baseline order.
+    seed: Optional[int] = None
+
+    # Sampler (Hydra instantiates these configs before the sweeper sees them).
+    # null = LLMSampler when the app config has an `agent` node (hpo.train does), else
+    # TPE; or a config with a _target_, e.g. {_target_: optuna.samplers.TPESampler}.
+    sampler: Any = None
+
+    # The classical sampler the LLMSampler falls back to (and shares trials with).
+    fallback_sampler: Any = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": "${..seed}"}
+    )
+
+    # Pruner: none | median | successive_halving | hyperband, or a _target_ config.
+    pruner: Any = "none"
+
+    # Seconds between trial heartbeats in storage (RDB/journal storages); 0 disables. A trial
+    # whose heartbeat is older than heartbeat_grace_s is failed and retried.
+    heartbeat_interval_s: int = 30
+    heartbeat_grace_s: int = 120
+
+    # How often a trial whose job died (killed, node lost, orphaned) is retried.
+    max_retries: int = 1
+
+    # Print the planned trials (and the sbatch script on SLURM); submit and store nothing.
+    dry_run: bool = False
+
+    # Live progress on a TTY (rich); plain log lines otherwise.
+    progress: bool = True
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="hpo", node=HPOSweeperConf, provider="hpo"
+)

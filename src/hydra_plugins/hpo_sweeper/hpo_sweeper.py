@@ -1,0 +1,33 @@
+"""The ``hpo`` Hydra sweeper: an Optuna 5 study driven by an LLM agent chain.
+
+This facade is imported at every Hydra start, so it stays light: the work is in ``_impl``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from .config import HPOSweeperConf  # noqa: F401  (registers hydra/sweeper=hpo)
+
+
+class HPOSweeper(Sweeper):
+    """Hydra sweeper that asks an Optuna study (LLMSampler by default) for every trial."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from ._impl import HPOSweeperImpl
+
+        self.sweeper = HPOSweeperImpl(**kwargs)
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.sweeper.setup(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> Any:
+        return self.sweeper.sweep(arguments)
