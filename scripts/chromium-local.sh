@@ -15,7 +15,7 @@ say() { echo "[chromium-local $(date +%T)] $*" >&2; }
 
 case "${1:-}" in
   "") ;;
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1'; this script takes none (see --help)." ;;
 esac
 

@@ -9,8 +9,9 @@
 #           database `hpo`. Safe to repeat: a running server is kept.
 #   down    stop the server (pg_ctl -m fast, through its pid file).
 #   status  exit 0 when the server runs and answers, 1 otherwise.
-#   url     print the connection URL: postgresql://hpo@127.0.0.1:55432/hpo
-#           (SQLAlchemy/Optuna also accept postgresql+psycopg2://...).
+#   url     print the connection URL: postgresql://hpo@127.0.0.1:55432/hpo (psql, libpq).
+#           With --sqlalchemy: postgresql+psycopg2://..., the form for Optuna storage URLs:
+#           SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which hpo does not install.
 #
 # Environment:
 #   HPO_PG_ROOT  cluster, socket, log (default /tmp/hpo-pg)
@@ -24,15 +25,17 @@ set -euo pipefail
 ROOT="${HPO_PG_ROOT:-/tmp/hpo-pg}"
 PORT="${HPO_PG_PORT:-55432}"
 PURGE=0
+SQLALCHEMY=0
 CMD=""
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "pg-local: $*" >&2; exit 1; }
 say() { echo "[pg-local $(date +%T)] $*"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --purge)   PURGE=1; shift ;;
+    --sqlalchemy) SQLALCHEMY=1; shift ;;
     -h|--help) usage; exit 0 ;;
     up|down|status|url)
                [ -z "$CMD" ] || die "got two commands ('$CMD' and '$1'); give exactly one."
@@ -49,7 +52,10 @@ SOCK="$ROOT/run"
 LOGFILE="$ROOT/log/postgres.log"
 URL="postgresql://hpo@127.0.0.1:$PORT/hpo"
 
-if [ "$CMD" = url ]; then echo "$URL"; exit 0; fi
+if [ "$CMD" = url ]; then
+  if [ "$SQLALCHEMY" = 1 ]; then echo "${URL/#postgresql:/postgresql+psycopg2:}"; else echo "$URL"; fi
+  exit 0
+fi
 
 # ------------------------------------------------------------------------------ helpers
 if [ "$(id -u)" = 0 ]; then

@@ -17,8 +17,8 @@
 #   HPO_SLURM_DB_PORT    port of the private MariaDB on 127.0.0.1 (default 3307)
 # SLURM itself listens on 6817 (slurmctld), 6818 (slurmd) and 6819 (slurmdbd).
 #
-# Needs root (slurmd runs jobs as their submitting user) and Debian/Ubuntu with apt and no
-# systemd requirement: every daemon is started by hand.
+# Needs root (slurmd runs jobs as their submitting user) and Debian 12 or alike with apt.
+# No systemd needed: every daemon is started by hand.
 set -euo pipefail
 
 ROOT="${HPO_SLURM_ROOT:-/tmp/hpo-slurm}"
@@ -27,7 +27,7 @@ DB_PORT="${HPO_SLURM_DB_PORT:-3307}"
 PURGE=0
 CMD=""
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "slurm-local: $*" >&2; exit 1; }
 say() { echo "[slurm-local $(date +%T)] $*"; }
 
