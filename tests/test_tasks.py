@@ -114,6 +114,35 @@ def test_torchvision_download_fails_offline(tmp_path: Path,
     assert "'mnist'" in msg and "download failed" in msg and "run where you have internet" in msg
 
 
+def _fake_mnist(root: Path, *, n_train: int = 40, n_test: int = 10) -> None:
+    """Tiny MNIST-format files (IDX, uint8) where torchvision looks for them: no download."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
+        labels = torch.arange(n, dtype=torch.uint8) % 10
+        header = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.numpy().tobytes())
+        header = (2049).to_bytes(4, "big") + n.to_bytes(4, "big")
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + labels.numpy().tobytes())
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_torchvision_setup_from_local_files(tmp_path: Path, augment: bool) -> None:
+    _fake_mnist(tmp_path)
+    dm = TorchvisionDataModule(name="mnist", data_dir=tmp_path, batch_size=8, val_fraction=0.25,
+                               num_workers=0, download=False, augment=augment, seed=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 10, 10)  # type: ignore[arg-type]
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert float(x.min()) < 0.0  # normalized
+    xt, _ = next(iter(dm.test_dataloader()))
+    assert xt.shape == (8, 1, 28, 28)
+
+
 # --- nets ------------------------------------------------------------------------------------
 
 NETS = {

@@ -199,4 +199,4 @@ def _per_class(pl_module: L.LightningModule) -> dict[str, dict[str, float | None
 def _cell(value: float | None) -> str:
     if value is None:
         return ""
-    return format(value, ".8g")
+    return format(value, ".7g")  # metrics are float32: 7 significant digits
