@@ -27,14 +27,19 @@ __all__ = ["AnthropicClient"]
 
 logger = logging.getLogger(__name__)
 
+# Models known to answer 400 to a forced tool choice; others are detected on first rejection.
+_NO_FORCED_TOOL: tuple[str, ...] = ("claude-sonnet-5-5", "claude-opus-5-5")
+
 
 class AnthropicClient:
     """An :class:`~hpo.llm.base.LLMClient` over the Anthropic Messages API.
 
     The reply model's JSON schema becomes the ``input_schema`` of one tool the model is forced
-    to call (``tool_choice={"type": "tool", ...}``); the tool call's input is the reply. A server
-    that answers with plain text instead is parsed tolerantly. Retries (429/5xx/connection,
-    honouring ``retry-after``) and timeouts are the SDK's own.
+    to call (``tool_choice={"type": "tool", ...}``); the tool call's input is the reply. Models
+    that reject forced tool use (Claude Sonnet/Opus 5.5) are asked to call it in words with
+    ``tool_choice={"type": "auto"}``; a 400 naming ``tool_choice`` or ``temperature`` switches
+    this client over once. A plain-text answer is parsed tolerantly. Retries (429/5xx/
+    connection, honouring ``retry-after``) and timeouts are the SDK's own.
 
     Args:
         model: Model name, e.g. ``"claude-sonnet-4-5"``.
@@ -47,6 +52,8 @@ class AnthropicClient:
         price_in_per_mtok: Input price override, USD per million tokens.
         price_out_per_mtok: Output price override, USD per million tokens.
         provider: Name reported in completions and errors (a preset name such as ``"claude"``).
+        effort: ``output_config.effort`` (``"low"`` … ``"max"``) for models that think
+            adaptively; ``None`` leaves the model's default.
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class AnthropicClient:
         price_in_per_mtok: float | None = None,
         price_out_per_mtok: float | None = None,
         provider: str = "anthropic",
+        effort: str | None = None,
     ) -> None:
         check_client_args(
             model=model, timeout_s=timeout_s, max_retries=max_retries, max_tokens=max_tokens
@@ -72,6 +80,9 @@ class AnthropicClient:
         self.max_tokens = max_tokens
         self.price_in_per_mtok = price_in_per_mtok
         self.price_out_per_mtok = price_out_per_mtok
+        self.effort = effort
+        self._force_tool = not model.startswith(_NO_FORCED_TOOL)
+        self._send_temperature = True
         self._secret = api_key
         try:
             self._client = anthropic.Anthropic(
@@ -105,6 +116,70 @@ class AnthropicClient:
         )
         return Usage(input_tokens=tin, output_tokens=tout, cost_usd=cost)
 
+    def _request(
+        self,
+        messages: list[Message],
+        reply_model: type[T],
+        tool: str,
+        system: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": max_tokens or self.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "tools": [
+                {
+                    "name": tool,
+                    "description": schema_description(reply_model),
+                    "input_schema": reply_model.model_json_schema(),
+                }
+            ],
+        }
+        sys_text = system or ""
+        if self._force_tool:
+            kwargs["tool_choice"] = {"type": "tool", "name": tool}
+        else:
+            # Models that reject a forced tool choice get asked in words instead.
+            kwargs["tool_choice"] = {"type": "auto"}
+            hint = f"Answer by calling the tool `{tool}` exactly once."
+            sys_text = f"{sys_text}\n\n{hint}" if sys_text else hint
+        if sys_text:
+            kwargs["system"] = sys_text
+        temp = self.temperature if temperature is None else temperature
+        if temp is not None and self._send_temperature:
+            # This SDK version no longer lists `temperature`; older models still accept it.
+            kwargs["extra_body"] = {"temperature": temp}
+        if self.effort is not None:
+            kwargs["output_config"] = {"effort": self.effort}
+        return kwargs
+
+    def _fall_back(self, exc: anthropic.BadRequestError) -> bool:
+        """Drop a setting the model rejects (forced tool choice, temperature); True if dropped.
+
+        Newer Claude models answer 400 to a forced ``tool_choice`` and to sampling parameters.
+        This adapts once per client; it is not a retry of transient errors (the SDK does those).
+        """
+        text = f"{exc} {getattr(exc, 'body', '')}".lower()
+        if self._force_tool and "tool_choice" in text:
+            self._force_tool = False
+            logger.warning(
+                "%s (%s) rejects a forced tool choice: asking for the tool call in words instead",
+                self.provider,
+                self.model,
+            )
+            return True
+        if self._send_temperature and self.temperature is not None and "temperature" in text:
+            self._send_temperature = False
+            logger.warning(
+                "%s (%s) rejects temperature: sending requests without it",
+                self.provider,
+                self.model,
+            )
+            return True
+        return False
+
     def complete(
         self,
         messages: list[Message],
@@ -122,39 +197,27 @@ class AnthropicClient:
         """
         check_messages(messages)
         tool = schema_name(reply_model)
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": max_tokens or self.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "tools": [
-                {
-                    "name": tool,
-                    "description": schema_description(reply_model),
-                    "input_schema": reply_model.model_json_schema(),
-                }
-            ],
-            "tool_choice": {"type": "tool", "name": tool},
-        }
-        if system:
-            kwargs["system"] = system
-        temp = self.temperature if temperature is None else temperature
-        if temp is not None:
-            # This SDK version no longer lists `temperature`; the API still accepts it.
-            kwargs["extra_body"] = {"temperature": temp}
-
         start = time.perf_counter()
         secrets = (self._secret,)
-        try:
-            response = self._client.messages.create(**kwargs)
-        except anthropic.AnthropicError as exc:
-            err = map_sdk_error(
-                exc, anthropic, provider=self.provider, model=self.model, secrets=secrets
-            )
-            raise err from safe_cause(exc, secrets)
-        except json.JSONDecodeError as exc:
-            raise LLMMalformedReply(
-                f"{self.provider} ({self.model}): response body is not JSON: {exc}"
-            ) from None
+        for _attempt in range(3):  # at most two capability fallbacks, never a retry of errors
+            kwargs = self._request(messages, reply_model, tool, system, temperature, max_tokens)
+            try:
+                response = self._client.messages.create(**kwargs)
+                break
+            except anthropic.BadRequestError as exc:
+                if not self._fall_back(exc):
+                    raise map_sdk_error(
+                        exc, anthropic, provider=self.provider, model=self.model, secrets=secrets
+                    ) from safe_cause(exc, secrets)
+            except anthropic.AnthropicError as exc:
+                err = map_sdk_error(
+                    exc, anthropic, provider=self.provider, model=self.model, secrets=secrets
+                )
+                raise err from safe_cause(exc, secrets)
+            except json.JSONDecodeError as exc:
+                raise LLMMalformedReply(
+                    f"{self.provider} ({self.model}): response body is not JSON: {exc}"
+                ) from None
         if not isinstance(response, anthropic.types.Message):
             raise LLMMalformedReply(
                 f"{self.provider} ({self.model}): response is not a Message: "

@@ -7,6 +7,7 @@ config (``price_in_per_mtok`` / ``price_out_per_mtok``). Unknown models cost 0.
 from __future__ import annotations
 
 import logging
+import re
 
 __all__ = ["PRICES", "cost_usd", "price_for"]
 
@@ -15,6 +16,13 @@ logger = logging.getLogger(__name__)
 # model name (prefix) -> (input, output) USD per million tokens
 PRICES: dict[str, tuple[float, float]] = {
     # Anthropic
+    "claude-fable-5-2": (8.0, 40.0),
+    "claude-fable-5-1": (10.0, 50.0),
+    "claude-opus-5-5": (4.0, 20.0),
+    "claude-opus-5": (5.0, 25.0),
+    "claude-sonnet-5-5": (2.0, 10.0),
+    "claude-sonnet-5": (2.0, 10.0),
+    "claude-sonnet-4-6": (3.0, 15.0),
     "claude-opus-4-5": (5.0, 25.0),
     "claude-opus-4-1": (15.0, 75.0),
     "claude-opus-4": (15.0, 75.0),
@@ -24,6 +32,8 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-haiku-4-5": (1.0, 5.0),
     "claude-3-5-haiku": (0.8, 4.0),
     # OpenAI
+    "gpt-5.4-mini": (0.75, 4.5),
+    "gpt-5.4-nano": (0.2, 1.25),
     "gpt-5": (1.25, 10.0),
     "gpt-5-mini": (0.25, 2.0),
     "gpt-5-nano": (0.05, 0.4),
@@ -53,28 +63,27 @@ def _norm(name: str) -> str:
     return name.strip().lower().rsplit("/", 1)[-1].replace(".", "-")
 
 
+# dated snapshots: "-20250929", "-2024-08-06"
+_DATE_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2})$")
+
 _NORMALIZED = {_norm(k): v for k, v in PRICES.items()}
 
 
 def price_for(model: str) -> tuple[float, float]:
     """Return ``(input, output)`` USD per million tokens for ``model``.
 
-    Matches the exact name first, then the longest known prefix ending at a ``-`` (so dated
-    snapshots like ``claude-sonnet-4-5-20250929`` match ``claude-sonnet-4-5``). Provider prefixes
-    (``openai/…``) and ``.`` vs ``-`` in versions are ignored. Unknown models cost ``(0, 0)``.
+    Dated snapshots (``claude-sonnet-4-5-20250929``, ``gpt-4o-2024-08-06``) take the price of
+    their base name; provider prefixes (``openai/…``) and ``.`` vs ``-`` in versions are ignored.
+    Unknown models cost ``(0, 0)`` (logged once): set the price in config rather than trust a
+    guess.
 
     Args:
         model: The model name as sent to the provider.
     """
     key = _norm(model)
-    if key in _NORMALIZED:
-        return _NORMALIZED[key]
-    best = ""
-    for known in _NORMALIZED:
-        if key.startswith(known + "-") and len(known) > len(best):
-            best = known
-    if best:
-        return _NORMALIZED[best]
+    for candidate in (key, _DATE_SUFFIX.sub("", key)):
+        if candidate in _NORMALIZED:
+            return _NORMALIZED[candidate]
     if model not in _warned:
         _warned.add(model)
         logger.debug("no price known for model %r: counting its cost as 0", model)

@@ -65,7 +65,7 @@ PRESETS: dict[str, ProviderPreset] = {
         ProviderPreset(
             name="claude",
             kind="anthropic",
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-4-6",
             api_key_env="ANTHROPIC_API_KEY",
             base_url_envs=("HPO_CLAUDE_BASE_URL", "ANTHROPIC_BASE_URL"),
         ),

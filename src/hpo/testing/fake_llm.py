@@ -465,15 +465,17 @@ def _record(
     tool_name: str | None = None
     if kind == "anthropic":
         system_parts.insert(0, _text_of(body.get("system")))
-        choice = body.get("tool_choice") or {}
+        choice = body.get("tool_choice") or {"type": "auto"}
         tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-        if isinstance(choice, dict) and choice.get("type") == "tool":
-            tool_name = str(choice.get("name"))
-            match = [t for t in tools if t.get("name") == tool_name]
-            schema = (match[0] if match else {}).get("input_schema")
-        elif isinstance(choice, dict) and choice.get("type") == "any" and tools:
-            tool_name = str(tools[0].get("name"))
-            schema = tools[0].get("input_schema")
+        ctype = choice.get("type") if isinstance(choice, dict) else None
+        picked: dict[str, Any] = {}
+        if ctype == "tool":
+            picked = next((t for t in tools if t.get("name") == choice.get("name")), {})
+        elif ctype in ("any", "auto") and tools:
+            picked = tools[0]  # a cooperative model calls the (first) tool it was offered
+        if picked:
+            tool_name = str(picked.get("name"))
+            schema = picked.get("input_schema")
     else:
         fmt = body.get("response_format") or {}
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -783,6 +785,7 @@ class FakeLLMServer:
         if self._httpd is None:
             raise RuntimeError("FakeLLMServer is not running: call start() or use `with`.")
         host, port = self._httpd.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else str(host)
         return f"http://{host}:{port}"
 
     @property
