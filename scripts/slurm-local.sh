@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # slurm-local.sh - a real one-node SLURM cluster on this machine, for hpo's tests and CI.
 #
-# Usage: scripts/slurm-local.sh [--partition NAME] up|down|status|env
-#        scripts/slurm-local.sh down --purge      (also deletes the state directory)
+# Usage: scripts/slurm-local.sh [--partition NAME] up [--check] | down [--purge] | status | env
+#        (--purge also deletes the state directory)
 #
 #   up      install the Debian packages when missing, write the config, start munged, a
 #           private MariaDB, slurmdbd, slurmctld and slurmd, then run one job through sbatch
-#           and wait until sacct reports it COMPLETED. Safe to repeat: what runs is kept.
+#           and wait until sacct reports it COMPLETED. Safe to repeat: what runs is kept;
+#           when everything was running already, only the daemons are asked whether they
+#           answer (no job, so a busy queue does not delay it) unless --check is given.
 #   down    cancel all jobs and stop the daemons this script started, by their pid files.
 #   status  one line per daemon; exit 0 when all of them run, 1 otherwise.
 #   env     print `export SLURM_CONF=...`: eval "$(scripts/slurm-local.sh env)".
@@ -25,6 +27,7 @@ ROOT="${HPO_SLURM_ROOT:-/tmp/hpo-slurm}"
 PARTITION="${HPO_SLURM_PARTITION:-debug}"
 DB_PORT="${HPO_SLURM_DB_PORT:-3307}"
 PURGE=0
+FULL_CHECK=0
 CMD=""
 
 usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; }
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
                     PARTITION="$2"; shift 2 ;;
     --partition=*)  PARTITION="${1#*=}"; shift ;;
     --purge)        PURGE=1; shift ;;
+    --check)        FULL_CHECK=1; shift ;;
     -h|--help)      usage; exit 0 ;;
     up|down|status|env)
                     [ -z "$CMD" ] || die "got two commands ('$CMD' and '$1'); give exactly one."
@@ -130,6 +134,7 @@ install_packages() {
 
 # ------------------------------------------------------------------------------ config
 CONF_CHANGED=0
+STARTED=0   # set when 'up' started any daemon
 
 write_if_changed() {  # write_if_changed FILE CONTENT -> returns 0 when the file changed
   if [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; then return 1; fi
@@ -235,7 +240,7 @@ start_munge() {
   # Without systemd nobody creates munged's runtime directory.
   install -d -o munge -g munge -m 0755 /run/munge
   munge_ok && return 0
-  say "starting munged"
+  say "starting munged"; STARTED=1
   # munged refuses to run as root with a key owned by munge: run it as its own user.
   runuser -u munge -- /usr/sbin/munged 9>&-
   retry 80 munge_ok || die "munged did not answer within 20 s (see /var/log/munge/munged.log)."
@@ -254,7 +259,7 @@ start_mariadb() {
       || { show_tail "$LOG/mariadb-install-db.log"; die "mariadb-install-db failed."; }
   fi
   if ! running "$RUN/mysqld.pid" mariadbd; then
-    say "starting mariadbd on 127.0.0.1:$DB_PORT"
+    say "starting mariadbd on 127.0.0.1:$DB_PORT"; STARTED=1
     setsid /usr/sbin/mariadbd --no-defaults --datadir="$ROOT/mysql" --user=root \
       --socket="$RUN/mysqld.sock" --pid-file="$RUN/mysqld.pid" \
       --bind-address=127.0.0.1 --port="$DB_PORT" --log-error="$LOG/mariadb.err" \
@@ -277,7 +282,7 @@ start_mariadb() {
 
 start_slurmdbd() {
   running "$RUN/slurmdbd.pid" slurmdbd && return 0
-  say "starting slurmdbd"
+  say "starting slurmdbd"; STARTED=1
   slurmdbd 9>&-
   retry 240 sacctmgr -n show cluster \
     || { show_tail "$LOG/slurmdbd.log"; die "slurmdbd did not answer within 60 s."; }
@@ -287,7 +292,7 @@ node_ready() { [[ "$(sinfo -h -N -o '%T')" =~ ^(idle|mixed|allocated|completing)
 
 start_slurm() {
   if ! running "$RUN/slurmctld.pid" slurmctld; then
-    say "starting slurmctld"
+    say "starting slurmctld"; STARTED=1
     slurmctld 9>&-  # forks into the background; registers the cluster with slurmdbd
   elif [ "$CONF_CHANGED" = 1 ]; then
     say "configuration changed: scontrol reconfigure"
@@ -296,7 +301,7 @@ start_slurm() {
   retry 240 scontrol ping \
     || { show_tail "$LOG/slurmctld.log"; die "slurmctld did not answer within 60 s."; }
   if ! running "$RUN/slurmd.pid" slurmd; then
-    say "starting slurmd"
+    say "starting slurmd"; STARTED=1
     slurmd 9>&-
   fi
   if ! retry 120 node_ready; then
@@ -333,7 +338,12 @@ cmd_up() {
   start_mariadb
   start_slurmdbd
   start_slurm
-  health_check
+  if [ "$STARTED$CONF_CHANGED$FULL_CHECK" = 000 ]; then
+    sacctmgr -n show cluster >/dev/null || die "slurmdbd does not answer (see $LOG/slurmdbd.log)."
+    say "all daemons were running and answer"
+  else
+    health_check
+  fi
   say "SLURM is up (partition '$PARTITION'). Use: eval \"\$($0 env)\""
 }
 
