@@ -55,6 +55,7 @@ __all__ = [
     "RoleSettings",
     "SingleChain",
     "StudyView",
+    "prompt_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,53 @@ def _proposals_json(proposals: Sequence[Proposal]) -> str:
     return _data_json([{"params": p.params, "rationale": p.rationale} for p in proposals])
 
 
+def prompt_values(
+    view: StudyView,
+    *,
+    anonymizer: Anonymizer | None = None,
+    history: HistoryOptions | None = None,
+) -> dict[str, str]:
+    """The template values every role shares, rendered from ``view``.
+
+    Keys: ``objectives``, ``context``, ``search_space`` (JSON: param name ->
+    ``ParamSpec.to_prompt_dict()``), ``history``, ``n_proposals``, and the placeholders
+    ``diagnosis``/``remedies``/``tools_note`` that chains fill in.
+
+    Raises:
+        ValueError: ``n_proposals`` < 1, or objective names that do not match the directions.
+    """
+    anon = anonymizer or Anonymizer(enabled=False)
+    if view.n_proposals < 1:
+        raise ValueError(f"n_proposals={view.n_proposals} is invalid: ask for at least 1")
+    if view.objective_names and len(view.objective_names) != len(view.directions):
+        raise ValueError(
+            f"{len(view.directions)} directions for {len(view.objective_names)} objective "
+            "names: give one name per objective"
+        )
+    names = view.objective_names or [f"objective_{i}" for i in range(len(view.directions))]
+    objectives = "; ".join(
+        f"{quote(anon.apply(n), max_chars=80)} ({d})"
+        for n, d in zip(names, view.directions, strict=False)
+    )
+    return {
+        "objectives": objectives,
+        "context": render_context(view.context, anon) if view.context else "none",
+        "search_space": _space_json(view.space),
+        "history": render_history(
+            view.trials,
+            space=view.space,
+            directions=view.directions,
+            objective_names=names,
+            anonymizer=anon,
+            options=history or HistoryOptions(),
+        ),
+        "n_proposals": str(view.n_proposals),
+        "diagnosis": "none",
+        "remedies": "none",
+        "tools_note": "",
+    }
+
+
 class _ChainBase:
     """Shared machinery: prompt values, LLM calls with records, budget, dumps."""
 
@@ -275,36 +323,7 @@ class _ChainBase:
 
     # -- prompt values -----------------------------------------------------------------------
     def _values(self, view: StudyView) -> dict[str, Any]:
-        if view.n_proposals < 1:
-            raise ValueError(f"n_proposals={view.n_proposals} is invalid: ask for at least 1")
-        if view.objective_names and len(view.objective_names) != len(view.directions):
-            raise ValueError(
-                f"{len(view.directions)} directions for {len(view.objective_names)} objective "
-                "names: give one name per objective"
-            )
-        names = view.objective_names or [f"objective_{i}" for i in range(len(view.directions))]
-        objectives = "; ".join(
-            f"{quote(self.anonymizer.apply(n), max_chars=80)} ({d})"
-            for n, d in zip(names, view.directions, strict=False)
-        )
-        ctx = render_context(view.context, self.anonymizer) if view.context else "none"
-        return {
-            "objectives": objectives,
-            "context": ctx,
-            "search_space": _space_json(view.space),
-            "history": render_history(
-                view.trials,
-                space=view.space,
-                directions=view.directions,
-                objective_names=names,
-                anonymizer=self.anonymizer,
-                options=self.history,
-            ),
-            "n_proposals": str(view.n_proposals),
-            "diagnosis": "none",
-            "remedies": "none",
-            "tools_note": "",
-        }
+        return prompt_values(view, anonymizer=self.anonymizer, history=self.history)
 
     # -- calls -------------------------------------------------------------------------------
     def _settings(self, role: str) -> RoleSettings:

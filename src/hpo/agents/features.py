@@ -279,6 +279,8 @@ def _fit_features(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for metric, tr, va in _pairs(curves):
+        if out.get("overfit"):
+            break  # the first metric pair (losses first) that shows overfitting names it
         lower = is_lower_better(metric)
         gap = (va[-1] - tr[-1]) if lower else (tr[-1] - va[-1])
         if "overfit_gap" not in out:

@@ -63,12 +63,26 @@ def quote(value: Any, *, max_chars: int = 120) -> str:
     )
 
 
+def _loose(term: str) -> str:
+    """A pattern for ``term`` that also matches its spelling variants.
+
+    ``CIFAR10`` matches ``cifar-10``, ``cifar_10`` and ``CIFAR 10``; ``fashion_mnist`` matches
+    ``FashionMNIST``. The match must not sit inside a longer alphanumeric word (``cifar100``).
+    """
+    parts = re.findall(r"[A-Za-z]+|[0-9]+|[^A-Za-z0-9\s_.\-]+", term)
+    if not parts:
+        return re.escape(term)
+    body = r"[-_\s.]?".join(re.escape(p) for p in parts)
+    return rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])"
+
+
 class Anonymizer:
     """Replaces caller-named sensitive strings with neutral tokens in rendered free text.
 
     Parameter names and search-space values are never anonymized (the LLM needs them to
     propose); everything else rendered from storage or context goes through :meth:`apply`.
-    Matching is case-insensitive, longest string first. With ``enabled`` the anonymizer also
+    Matching is case-insensitive, longest string first, and tolerant of separators
+    (``CIFAR10`` also hides ``cifar-10``). With ``enabled`` the anonymizer also
     replaces absolute file-system paths by ``[path]``.
 
     Args:
@@ -80,9 +94,14 @@ class Anonymizer:
         self.enabled = enabled
         self.mapping = {str(k): str(v) for k, v in (mapping or {}).items() if str(k).strip()}
         keys = sorted(self.mapping, key=len, reverse=True)
-        self._lower = {k.lower(): v for k, v in self.mapping.items()}
+        # One named group per key, so that a match maps back to its token.
+        self._tokens = [self.mapping[k] for k in keys]
         self._re = (
-            re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE) if keys else None
+            re.compile(
+                "|".join(f"(?P<k{i}>{_loose(k)})" for i, k in enumerate(keys)), re.IGNORECASE
+            )
+            if keys
+            else None
         )
 
     @classmethod
@@ -123,7 +142,7 @@ class Anonymizer:
         if not self.enabled:
             return text
         if self._re is not None:
-            text = self._re.sub(lambda m: self._lower[m.group(0).lower()], text)
+            text = self._re.sub(lambda m: self._tokens[int(str(m.lastgroup)[1:])], text)
         return _PATH_RE.sub("[path]", text)
 
 
