@@ -20,8 +20,8 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     budget: {max_tokens: null, max_usd: null}
     cache: false
     cache_dir: outputs/.llm_cache
-    dump_prompts: true
-    dump_dir: outputs/llm_prompts
+    dump_prompts: true      # the sampler dumps every call under <sweep dir>/llm
+    dump_dir: null          # also write a Markdown copy of each prompt here
     prompts_dir: null       # a directory of replacement prompt templates
 """
 
@@ -290,9 +290,11 @@ def build_chain(
         prompts = PromptSet(directory=_path(prompts_dir) if prompts_dir else None)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    # The sampler writes the audit dumps under the sweep directory; the chain adds a Markdown
+    # copy only where dump_dir names a folder.
     dump_dir = None
-    if cfg.get("dump_prompts", True):
-        dump_dir = _path(cfg.get("dump_dir") or "outputs/llm_prompts")
+    if cfg.get("dump_prompts", True) and cfg.get("dump_dir"):
+        dump_dir = _path(cfg["dump_dir"])
 
     common: dict[str, Any] = {
         "client": client,
