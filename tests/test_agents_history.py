@@ -117,6 +117,17 @@ def test_history_sections(big):
     assert "x" * 200 not in text
 
 
+def test_history_source_and_sweeper_error():
+    trial = _trial_with(
+        {"hpo:source": "fallback", "hpo:error": "CUDA out of memory in /opt/run/train.py"},
+        state=TrialState.FAIL,
+    )
+    text = render_history([trial], space=SPACE, directions=["minimize"],
+                          anonymizer=Anonymizer())
+    assert '#0 FAIL src="fallback" |' in text
+    assert 'note "hpo:error": "CUDA out of memory in [path]"' in text
+
+
 def test_history_running_cap_and_empty():
     trials = _synthetic(30, n_running=30)
     text = render_history(

@@ -155,7 +155,10 @@ class HistoryOptions:
         recent_k: Most recent finished trials listed (not already among the best).
         max_running: Cap on the running trials listed (a note says how many were left out).
         max_text_chars: Truncation of every free-text string rendered.
-        note_attrs: User attrs rendered as quoted notes when present (e.g. a failure reason).
+        note_attrs: User attrs rendered as quoted notes when present (the sweeper's failure
+            reason ``hpo:error``).
+        source_attr: User attr naming where a trial's params came from (the sampler's
+            ``hpo:source``: baseline, llm, fallback, ...), rendered as ``src=...``; None: not.
         max_choices: Categorical choices listed per param in the ranges summary.
     """
 
@@ -163,7 +166,8 @@ class HistoryOptions:
     recent_k: int = 8
     max_running: int = 64
     max_text_chars: int = 120
-    note_attrs: tuple[str, ...] = ("fail_reason",)
+    note_attrs: tuple[str, ...] = ("hpo:error", "fail_reason")
+    source_attr: str | None = "hpo:source"
     max_choices: int = 16
 
     def __post_init__(self) -> None:
@@ -266,6 +270,9 @@ def _params_text(trial: FrozenTrial, ctx: _Ctx) -> str:
 def _line(trial: FrozenTrial, ctx: _Ctx) -> str:
     state = trial.state.name
     head = f"#{trial.number} {state}"
+    src = trial.user_attrs.get(ctx.opt.source_attr) if ctx.opt.source_attr else None
+    if src not in (None, ""):
+        head += f" src={quote(src, max_chars=24)}"
     if trial.state == TrialState.RUNNING:
         return f"{head} | {_params_text(trial, ctx)}"
     segs = [head]
