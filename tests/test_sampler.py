@@ -556,3 +556,92 @@ def test_example_runs_without_a_key(
     assert {t.user_attrs["hpo:fallback_reason"] for t in study.trials} <= {"startup", "no_llm"}
     assert any("no agent chain" in r.getMessage() for r in caplog.records)
     assert llm_env.requests == []
+
+
+# --------------------------------------------------------------------------- edge cases
+
+
+def test_values_are_normalized_onto_optunas_types_and_grid(
+    llm_env: FakeLLMServer, tmp_path: Path
+) -> None:
+    grid = FloatDistribution(0.0, 1.0, step=0.1)
+    space = [ParamSpec("p", grid), ParamSpec("n", IntDistribution(1, 8))]
+    llm_env.script([reply({"p": 0.30000001, "n": 3.0})])
+    sampler = LLMSampler(chain=make_chain(), search_space=space, baseline=False)
+    study = new_study(sampler, tmp_path)
+    trial = study.ask(fixed_distributions={"p": grid, "n": IntDistribution(1, 8)})
+    assert trial.params["p"] == pytest.approx(0.3, abs=1e-12)
+    assert isinstance(trial.params["n"], int) and trial.params["n"] == 3
+    assert study.trials[0].user_attrs["hpo:source"] == "llm"
+    assert len(llm_env.requests) == 1
+
+
+def test_malformed_reply_falls_back_and_is_accounted(
+    llm_env: FakeLLMServer, tmp_path: Path
+) -> None:
+    llm_env.script(["this is not JSON at all"])
+    sampler = LLMSampler(
+        chain=make_chain(), search_space=SPACE, baseline=False, dump_dir=tmp_path / "d"
+    )
+    study = new_study(sampler, tmp_path)
+    run(study, 1)
+    t = study.trials[0]
+    assert t.user_attrs["hpo:fallback_reason"] == "llm_error:malformed"
+    assert study.user_attrs["hpo:llm_calls_total"] == 1
+    doc = json.loads((tmp_path / "d" / "call-0001-proposer.json").read_text())
+    assert doc["error"] and doc["raw_text"] == "this is not JSON at all"
+
+
+def test_the_chains_own_budget_means_budget(llm_env: FakeLLMServer, tmp_path: Path) -> None:
+    chain = make_chain(budget={"max_tokens": 1})
+    sampler = LLMSampler(chain=chain, search_space=SPACE, baseline=False)
+    study = new_study(sampler, tmp_path)
+    run(study, 3)
+    reasons = [t.user_attrs.get("hpo:fallback_reason") for t in study.trials]
+    assert reasons == [None, "budget", "budget"]
+    assert len(llm_env.requests) == 1
+
+
+class _BrokenChain:
+    """A chain with a bug (not an LLM failure): the sampler must still not raise."""
+
+    name = "broken"
+
+    def propose(self, view: Any) -> Any:
+        raise RuntimeError("bug in a chain")
+
+    def repair(self, view: Any, previous: Any, errors: list[str]) -> Any:
+        raise RuntimeError("bug in a chain")
+
+
+def test_a_chain_bug_falls_back_without_raising(tmp_path: Path) -> None:
+    sampler = LLMSampler(chain=_BrokenChain(), search_space=SPACE, baseline=False)
+    study = new_study(sampler, tmp_path)
+    run(study, 2)
+    assert {t.user_attrs["hpo:fallback_reason"] for t in study.trials} == {"llm_error:internal"}
+    assert "hpo:llm_calls_total" not in study.user_attrs
+
+
+def test_mismatched_objective_names_warn_and_still_work(
+    llm_env: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sampler = LLMSampler(
+        chain=make_chain(), search_space=SPACE, baseline=False, objective_names=["a", "b"]
+    )
+    study = new_study(sampler, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hpo.samplers"):
+        run(study, 1)
+    assert study.trials[0].user_attrs["hpo:source"] == "llm"
+    assert any("objective_names" in r.getMessage() for r in caplog.records)
+
+
+def test_multi_objective_study(llm_env: FakeLLMServer) -> None:
+    sampler = LLMSampler(
+        chain=make_chain(), search_space=SPACE, objective_names=["acc", "latency"]
+    )
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for _ in range(3):
+        t = study.ask(fixed_distributions=DISTS)
+        study.tell(t, [t.params["lr"], t.params["layers"]])
+    assert [t.user_attrs["hpo:source"] for t in study.trials] == ["baseline", "llm", "llm"]
+    assert "maximize" in llm_env.requests[0].last_user_text

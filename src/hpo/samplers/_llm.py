@@ -134,9 +134,11 @@ class LLMSampler(BaseSampler):
       RUNNING included) or to another queued proposal are dropped and listed in
       ``hpo:dropped_proposals`` of the trial that made the call.
     - ``fallback``: the whole trial from the fallback sampler, with ``hpo:fallback_reason``:
-      ``startup`` (define-by-run, nothing finished yet), ``no_llm``, ``llm_error:<kind>``,
-      ``budget``, ``share``, ``stop`` or ``no_proposal`` (the chain's reply left nothing
-      usable).
+      ``startup`` (define-by-run, nothing finished yet), ``no_llm``, ``llm_error:<kind>``
+      (the :class:`~hpo.llm.base.LLMError` kind; ``internal`` for any other exception of the
+      chain; after ``auth`` the LLM is not asked again), ``budget`` (this sampler's or the
+      chain's own budget), ``share``, ``stop`` or ``no_proposal`` (the chain's reply left
+      nothing usable).
 
     Batching: when the queue is empty one ``chain.propose`` asks for ``batch_size``
     proposals; the next asks pop them, so k parallel slots cost about one call per k trials.
@@ -150,8 +152,9 @@ class LLMSampler(BaseSampler):
     counting against ``max_tokens`` / ``max_usd``): ``hpo:tokens_in_total``,
     ``hpo:tokens_out_total``, ``hpo:cost_usd_total``, ``hpo:llm_calls_total`` (LLM requests),
     ``hpo:fallback_total`` (whole-fallback trials), and ``hpo:stop`` once the planner asks to
-    stop. The rationale is also saved as the trial's optuna-dashboard note and the chain's
-    latest diagnosis as the study note.
+    stop (then :attr:`stop_requested` is True for this sampler; a resumed study is not stopped
+    again by the old attr). The rationale is also saved as the trial's optuna-dashboard note,
+    and the chain's latest diagnosis as the study note.
 
     Nothing the LLM returns is executed; LLM failures never raise out of the sampler.
 
@@ -342,8 +345,12 @@ class LLMSampler(BaseSampler):
         search_space: dict[str, BaseDistribution],
     ) -> dict[str, Any]:
         """Values for ``search_space``: baseline, an LLM proposal, or the fallback's."""
-        if not search_space:
-            self._set_trial_attrs(study, trial, {SOURCE: "fallback", FALLBACK_REASON: "startup"})
+        if not search_space:  # define-by-run before any trial finished
+            with self._lock:
+                self._set_trial_attrs(
+                    study, trial, {SOURCE: "fallback", FALLBACK_REASON: "startup"}
+                )
+                self._add_totals(study, {FALLBACK_TOTAL: 1})
             return {}
         with self._lock:
             if self._baseline and trial.number == 0:
@@ -469,7 +476,7 @@ class LLMSampler(BaseSampler):
         if len(set(sources.values())) > 1:
             attrs[PARAM_SOURCES] = sources
         self._set_trial_attrs(study, trial, attrs)
-        return values
+        return self._fill_from_fallback(study, trial, search_space, values)
 
     def _fallback_trial(
         self,
@@ -480,17 +487,30 @@ class LLMSampler(BaseSampler):
     ) -> dict[str, Any]:
         self._set_trial_attrs(study, trial, {SOURCE: "fallback", FALLBACK_REASON: reason})
         self._add_totals(study, {FALLBACK_TOTAL: 1})
-        # Sample what the fallback samples relatively; the rest reaches sample_independent,
-        # which delegates to the fallback too: the trial is the fallback's through and through.
+        # What the fallback samples relatively, it samples so; the rest independently.
         fb_space = {
             name: dist
             for name, dist in self._fallback.infer_relative_search_space(study, trial).items()
             if search_space.get(name) == dist
         }
-        if not fb_space:
-            return {}
-        params = self._fallback.sample_relative(study, trial, fb_space)
-        return {name: value for name, value in params.items() if name in fb_space}
+        params: dict[str, Any] = {}
+        if fb_space:
+            sampled = self._fallback.sample_relative(study, trial, fb_space)
+            params = {name: value for name, value in sampled.items() if name in fb_space}
+        return self._fill_from_fallback(study, trial, search_space, params)
+
+    def _fill_from_fallback(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, BaseDistribution],
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        """``params`` completed with the fallback's independent samples for what is missing."""
+        for name, dist in search_space.items():
+            if name not in params:
+                params[name] = self._fallback.sample_independent(study, trial, name, dist)
+        return params
 
     def _use_proposal(
         self,
@@ -507,7 +527,7 @@ class LLMSampler(BaseSampler):
                 values[name] = _normalize(dist, value)
                 sources[name] = item.sources.get(name, "llm")
             else:
-                sources[name] = "fallback"  # left to sample_independent -> fallback
+                sources[name] = "fallback"
         if not values:
             return self._fallback_trial(study, trial, search_space, "no_proposal")
         used = {s for s in sources.values() if s in _LLM_SOURCES}
@@ -536,7 +556,7 @@ class LLMSampler(BaseSampler):
             self._save_trial_note(
                 study, trial, f"**{source}** ({item.call_id})\n\n{item.rationale}"
             )
-        return values
+        return self._fill_from_fallback(study, trial, search_space, values)
 
     # ------------------------------------------------------------------ the chain call
 
@@ -670,6 +690,16 @@ class LLMSampler(BaseSampler):
                 specs.append(spec)
         directions = [d.name.lower() for d in study.directions]
         names = self._objective_names
+        if names is not None and len(names) != len(directions):
+            self._warn_once(
+                "objective_names",
+                "objective_names=%r has %d name(s) for %d objective(s): the prompts use the "
+                "study's metric names instead.",
+                names,
+                len(names),
+                len(directions),
+            )
+            names = None
         if names is None:
             names = list(study.metric_names or [])
             if len(names) != len(directions):
@@ -879,7 +909,11 @@ def _normalize(dist: BaseDistribution, value: Any) -> Any:
     if isinstance(dist, IntDistribution):
         return int(value)
     if isinstance(dist, FloatDistribution):
-        return float(value)
+        value = float(value)
+        if dist.step is not None:  # snap onto the grid Optuna checks with a tighter tolerance
+            k = round((value - dist.low) / dist.step)
+            value = min(max(dist.low + k * dist.step, dist.low), dist.high)
+        return value
     if isinstance(dist, CategoricalDistribution):
         for choice in dist.choices:
             if value == choice and isinstance(value, bool) == isinstance(choice, bool):
