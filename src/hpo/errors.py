@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from hydra.errors import CompactHydraException
 
-class HPOError(Exception):
-    """Base class of every error hpo raises on purpose."""
+
+class HPOError(CompactHydraException):
+    """Base class of every error hpo raises on purpose.
+
+    A ``CompactHydraException``: Hydra prints its message alone, without a stack trace, when it
+    ends a run (set HYDRA_FULL_ERROR=1 for the trace).
+    """
 
 
 class ConfigError(HPOError, ValueError):

@@ -37,6 +37,7 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
         db = url[len("sqlite:///"):]
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
+    url = _with_installed_driver(url)
     kwargs: dict[str, object] = {}
     if heartbeat_interval:
         kwargs["heartbeat_interval"] = heartbeat_interval
@@ -62,4 +63,17 @@ def redact_url(url: str) -> str:
     if ":" in creds:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` with the driver we install (psycopg2) unless psycopg 3 is there.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which hpo does not depend on.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url

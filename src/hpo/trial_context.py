@@ -8,7 +8,9 @@ the basic, submitit_local and submitit_slurm launchers. A job started without th
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 from dataclasses import dataclass
 
 ENV_STORAGE = "HPO_STORAGE"
@@ -16,6 +18,7 @@ ENV_STUDY = "HPO_STUDY"
 ENV_TRIAL_NUMBER = "HPO_TRIAL_NUMBER"
 ENV_TRIAL_ID = "HPO_TRIAL_ID"
 ENV_HEARTBEAT_S = "HPO_HEARTBEAT_S"
+ENV_PRUNER = "HPO_PRUNER"  # the sweep's pruner, pickled: a loaded study would forget it
 
 # In-process registry for storages that cannot be reopened from a URL (in-memory storage with the
 # basic launcher): the sweeper registers the live storage object under its URL key.
@@ -75,10 +78,32 @@ def open_storage(url: str) -> object:
     return _open(url)
 
 
+def encode_pruner(pruner: object) -> str:
+    """``pruner`` as an environment-variable value (the driver writes it for its jobs)."""
+    return base64.b64encode(pickle.dumps(pruner)).decode("ascii")
+
+
+def decode_pruner() -> object | None:
+    """The sweep's pruner from this process's environment; None when there is none."""
+    raw = os.environ.get(ENV_PRUNER)
+    if not raw:
+        return None
+    try:
+        return pickle.loads(base64.b64decode(raw))  # written by our own driver
+    except Exception:  # a foreign or stale value: better no pruning than a crash
+        return None
+
+
 def open_trial(ctx: TrialContext):  # -> optuna.trial.Trial
-    """The live ``optuna.trial.Trial`` of this job, for ``report`` and ``should_prune``."""
+    """The live ``optuna.trial.Trial`` of this job, for ``report`` and ``should_prune``.
+
+    The study is loaded with the sweep's own pruner (``HPO_PRUNER``); without one, no pruning.
+    """
     import optuna
 
     storage = open_storage(ctx.storage)
-    study = optuna.load_study(study_name=ctx.study_name, storage=storage)  # type: ignore[arg-type]
+    pruner = decode_pruner() or optuna.pruners.NopPruner()
+    study = optuna.load_study(
+        study_name=ctx.study_name, storage=storage, pruner=pruner  # type: ignore[arg-type]
+    )
     return optuna.trial.Trial(study, ctx.trial_id)

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -76,6 +77,14 @@ def _driver_alive(driver: str) -> bool | None:
 
 def _counts_in_budget(t: FrozenTrial) -> bool:
     return t.state in FINISHED and not t.user_attrs.get(A_RETRIED, False)
+
+
+def _representative(spec: ParamSpec) -> Any:
+    """A valid value of ``spec`` for a test composition: its default, else a bound or choice."""
+    if spec.default is not None:
+        return spec.default
+    d = spec.distribution
+    return d.choices[0] if isinstance(d, CategoricalDistribution) else d.low  # type: ignore[attr-defined]
 
 
 def _first_line(exc: BaseException, limit: int = 500) -> str:
@@ -391,8 +400,9 @@ class HPOSweeperImpl(Sweeper):
         specs = self._param_specs(searched)
         objective_names = self._objective_names()
         distributions = {s.name: s.distribution for s in specs}
-        baseline = {s.name: s.default for s in specs if s.default is not None}
-        self._validate_composition(self._trial_overrides(baseline, searched, fixed))
+        self._validate_composition(
+            self._trial_overrides({s.name: _representative(s) for s in specs}, searched, fixed)
+        )
 
         if self.dry_run:
             return self._dry_run(specs, searched, fixed, objective_names)
@@ -425,7 +435,9 @@ class HPOSweeperImpl(Sweeper):
             study.set_user_attr(
                 "hpo:search_space", {p.name: p.distribution.__class__.__name__ for p in searched}
             )
-            study.set_metric_names(objective_names)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(objective_names)
 
         # jobs find their trial through storage: the URL (may carry a password) through this
         # process's environment, inherited by every launcher; the trial number per job below
@@ -436,6 +448,7 @@ class HPOSweeperImpl(Sweeper):
         else:
             os.environ[trial_context.ENV_STORAGE] = url
         os.environ[trial_context.ENV_STUDY] = self.study_name
+        os.environ[trial_context.ENV_PRUNER] = trial_context.encode_pruner(self.pruner)
 
         self._recover_orphans(study)
         run = _SweepRun(self, study, sampler, searched, fixed, objective_names)
@@ -531,6 +544,7 @@ class _SweepRun:
         self.distributions = {p.name: p.distribution for p in searched}
         self._budget_used = self._count_budget()
         self._beat_stop = threading.Event()
+        self.progress = _make_progress(self)
 
     def _count_budget(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
@@ -575,6 +589,7 @@ class _SweepRun:
         finally:
             self._beat_stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
+            self.progress.close()
         self._summary()
         return self.study
 
@@ -609,7 +624,8 @@ class _SweepRun:
             ]
             slot = _Slot(trial=trial, overrides=overrides)
             self.in_flight[pool.submit(self._launch, job, trial.number)] = slot
-            log.info("trial %d started: %s", trial.number, " ".join(overrides))
+            log.debug("trial %d started: %s", trial.number, " ".join(overrides))
+            self.progress.trial_started(trial.number, dict(trial.params))
 
     def _launch(self, job: list[str], number: int) -> JobReturn:
         launcher = self.s.launcher
@@ -631,16 +647,27 @@ class _SweepRun:
 
     # ---------------------------------------------------------------- tells
     def _finish(self, fut: Future[JobReturn], slot: _Slot) -> None:
+        try:
+            self._tell(fut, slot)
+        finally:
+            frozen = self.study._storage.get_trial(slot.trial._trial_id)
+            self.progress.trial_finished(frozen)
+
+    def _tell(self, fut: Future[JobReturn], slot: _Slot) -> None:
         trial = slot.trial
         storage = self.study._storage
         try:
             ret = fut.result()
         except Exception as exc:  # the launcher could not run the job (killed, rejected, lost)
+            rejected = _rejection(exc)
+            if rejected is not None:  # the cluster refuses the job itself: stop, do not retry
+                storage.set_trial_user_attr(trial._trial_id, A_ERROR, str(rejected))
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise rejected from exc
             frozen = storage.get_trial(trial._trial_id)
             if self.s.fail_and_retry(self.study, frozen, f"job lost: {_first_line(exc)}"):
                 self._budget_used -= 1  # the retry takes this trial's place in the budget
-            else:
-                self.n_failed += 1
+            self.n_failed += 1
             self.n_finished += 1
             return
         self.s.job_results.append(ret)
@@ -649,6 +676,8 @@ class _SweepRun:
             job_id = OmegaConf.select(ret.hydra_cfg, "hydra.job.id", default=None)
             if out:
                 storage.set_trial_user_attr(trial._trial_id, A_OUTPUT_DIR, str(out))
+                _upload_artifacts(self.study, trial._trial_id, Path(str(out)),
+                                  self.s._storage_url())
             if job_id and not str(job_id).startswith("job_id_for_"):
                 storage.set_trial_user_attr(trial._trial_id, A_JOB_ID, str(job_id))
         self.n_finished += 1
@@ -734,3 +763,46 @@ class _SweepRun:
         if self.s.storage_url and self.s.storage_url != "memory":
             log.info("inspect: optuna-dashboard %s", redact_url(self.s._storage_url() or ""))
 
+
+
+class _NoProgress:
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        pass
+
+    def trial_finished(self, frozen: FrozenTrial) -> None:
+        log.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
+                 frozen.values if frozen.values else frozen.user_attrs.get(A_ERROR, ""))
+
+    def close(self) -> None:
+        pass
+
+
+def _make_progress(run: _SweepRun) -> Any:
+    try:
+        from hpo.progress import SweepProgress
+    except ImportError:
+        return _NoProgress()
+    return SweepProgress(
+        study=run.study, n_trials=run.s.n_trials, n_jobs=run.s.n_jobs,
+        objective_names=run.objective_names, enabled=run.s.progress,
+    )
+
+
+def _upload_artifacts(study: optuna.Study, trial_id: int, out: Path, url: str | None) -> None:
+    try:
+        from hpo.artifacts import upload_trial_artifacts
+    except ImportError:
+        return
+    try:
+        upload_trial_artifacts(study, trial_id, out, url)
+    except Exception as exc:  # artifacts are copies: never fail a trial over them
+        log.warning("could not upload the artifacts of %s: %s", out, _first_line(exc))
+
+
+def _rejection(exc: BaseException) -> Exception | None:
+    """A ConfigError when the cluster rejected the job's resources; None otherwise."""
+    try:
+        from hydra_plugins.hpo_sweeper._slurm import rejection_error
+    except ImportError:
+        return None
+    return rejection_error(exc)

@@ -15,6 +15,8 @@ def main(cfg: DictConfig) -> float:
         time.sleep(float(cfg.sleep))
     if cfg.fail_when_x_above is not None and cfg.x > cfg.fail_when_x_above:
         raise RuntimeError(f"x={cfg.x} is too large for this app")
+    if cfg.nan:
+        return float("nan")
     if cfg.record_env:
         with open(cfg.record_env, "a") as f:
             f.write(f"{os.environ.get('HPO_TRIAL_NUMBER')} {os.getpid()}\n")

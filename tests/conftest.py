@@ -1,0 +1,56 @@
+"""Shared test helpers: run the CLI in a subprocess with a clean environment, service fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from _services import *  # noqa: F403
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APPS = Path(__file__).resolve().parent / "apps"
+LLM_ENV_VARS = (
+    "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY",
+    "OPENROUTER_API_KEY", "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL",
+)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run: no LLM credentials unless given, short Hydra errors."""
+    env = {k: v for k, v in os.environ.items() if k not in LLM_ENV_VARS}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.update({"PYTHONUNBUFFERED": "1", "HPO_NO_RICH": "1"})
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python <args>`` in ``cwd``; on an unexpected exit code show its output."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env or clean_env(), capture_output=True,
+        text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"exit {proc.returncode}: python {' '.join(args)}\n--- stdout\n{proc.stdout[-4000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+@pytest.fixture
+def quadratic_app() -> str:
+    """Path of a plain Hydra app (no hpo config) that selects hydra/sweeper=hpo."""
+    return str(APPS / "quadratic" / "app.py")
