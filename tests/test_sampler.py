@@ -212,6 +212,7 @@ def test_batch_of_four_asks_costs_one_request(llm_env: FakeLLMServer, tmp_path: 
     assert {a["hpo:llm_call"] for a in ua} == {"call-0001"}
     assert [a["hpo:batch"] for a in ua] == ["1/4", "2/4", "3/4", "4/4"]
     assert ua[0]["hpo:tokens_in"] > 0 and all(a["hpo:tokens_in"] == 0 for a in ua[1:])
+    assert [t.user_attrs["hpo:batch"] for t in trials] == ["1/4", "2/4", "3/4", "4/4"]  # live
     totals = study.user_attrs
     assert totals["hpo:tokens_in_total"] == sum(a["hpo:tokens_in"] for a in ua)
     assert totals["hpo:llm_calls_total"] == 1

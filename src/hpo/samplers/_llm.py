@@ -812,6 +812,9 @@ class LLMSampler(BaseSampler):
             if isinstance(value, str):
                 value = redact(value)
             study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            # Mirror into the frozen trial we were given, as Trial.set_user_attr does: it is the
+            # live Trial's cache, so `study.ask().user_attrs` shows the provenance at once.
+            trial.user_attrs[key] = value
 
     def _save_trial_note(self, study: optuna.Study, trial: FrozenTrial, text: str) -> None:
         try:
