@@ -344,7 +344,7 @@ class HPOSweeperImpl(Sweeper):
             return fallback
         agent_d = OmegaConf.to_container(agent, resolve=True)
         assert isinstance(agent_d, dict)
-        chain = build_chain(agent_d)
+        chain = build_chain(agent_d, sensitive=self._sensitive_names(specs))
         budget = agent_d.get("budget") or {}
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         return LLMSampler(
@@ -360,6 +360,20 @@ class HPOSweeperImpl(Sweeper):
             dump_dir=(sweep_dir / "llm") if agent_d.get("dump_prompts", True) else None,
             objective_names=objective_names,
         )
+
+    def _sensitive_names(self, specs: list[ParamSpec]) -> dict[str, str]:
+        """Names the prompts must not carry (anonymized): dataset, fixed model, study, paths."""
+        from hpo.agents.history import Anonymizer
+
+        searched = {s.name for s in specs}
+        groups = self._group_choices()
+        models = [groups["model"]] if "model" in groups and "model" not in searched else []
+        return Anonymizer.from_names(
+            dataset=groups.get("data") if "data" not in searched else None,
+            models=models,
+            study=self.study_name,
+            paths=[str(Path.cwd())],
+        ).mapping
 
     def _build_fallback(self) -> optuna.samplers.BaseSampler:
         if not self.fallback_cfg:
@@ -469,19 +483,32 @@ class HPOSweeperImpl(Sweeper):
             break
 
     def _recover_orphans(self, study: optuna.Study) -> None:
-        """Fail RUNNING trials left by a dead driver and re-run them within the budget."""
+        """Fail RUNNING trials left by a dead driver and re-run them within the budget.
+
+        A trial names its driver (host:pid:start) as soon as it is asked; one killed before
+        that is judged by the drivers registered on the study: when none of them can still be
+        alive, it is an orphan too. Trials of drivers on other hosts go stale by heartbeat.
+        """
         now = time.time()
+        drivers = [d for d in study.user_attrs.get("hpo:drivers", []) if isinstance(d, str)]
+        others_maybe_alive = any(_driver_alive(d) is not False for d in drivers)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             driver = t.user_attrs.get(A_DRIVER)
             alive = _driver_alive(driver) if isinstance(driver, str) else None
             beat = t.user_attrs.get(A_HEARTBEAT)
-            stale = beat is not None and now - float(beat) > self.heartbeat_grace_s
-            if alive is False or (alive is None and stale) or (driver is None and stale):
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            last = float(beat) if beat is not None else started
+            stale = now - last > self.heartbeat_grace_s
+            if driver is None and not others_maybe_alive:
+                alive = False
+            if alive is False or (alive is None and stale):
                 reason = (
-                    f"orphaned: driver {driver} is gone" if alive is False
-                    else f"orphaned: no heartbeat for {now - float(beat or now):.0f} s"
+                    f"orphaned: driver {driver or 'of this study'} is gone" if alive is False
+                    else f"orphaned: no heartbeat for {now - last:.0f} s"
                 )
                 self.fail_and_retry(study, t, reason)
+        me = _driver_id()
+        study.set_user_attr("hpo:drivers", [*drivers[-49:], me])
 
     def fail_and_retry(self, study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
         """Tell ``t`` FAIL (an infrastructure failure) and enqueue it again if retries are left."""
