@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hpo.errors import MetricNotFoundError
+from hpo.errors import ConfigError, HPOError, MetricNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,153 @@ def ObjectiveCheck(names: list[str]) -> Any:
 
 
 def train(cfg: DictConfig) -> float | list[float]:
+    """Run the configured task once; return the objective value(s).
+
+    ``task._target_`` (a function of the whole config) replaces the built-in Lightning
+    classification task, e.g. the external-command task.
+    """
+    task = cfg.get("task")
+    if task and task.get("_target_"):
+        from hydra.utils import get_method
+
+        return get_method(str(task._target_))(cfg)
+    return fit_with_oom_stepdown(cfg)
+
+
+def fit_with_oom_stepdown(cfg: DictConfig) -> float | list[float]:
+    """Fit; on out-of-memory halve ``data.batch_size`` (doubling gradient accumulation, so the
+    effective batch stays) down to ``oom.min_batch_size`` and retry inside the same trial."""
+    oom = cfg.get("oom") or {}
+    min_bs = int(oom.get("min_batch_size", 1) or 1)
+    tried: list[int] = []
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a copy we may change
+    _apply_batch_split(cfg)
+    while True:
+        try:
+            result = fit(cfg)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            batch = int(cfg.data.batch_size)
+            tried.append(batch)
+            if batch // 2 < min_bs:
+                _record({"hpo:oom_batch_sizes": tried})
+                raise OutOfMemoryError(
+                    f"out of memory at data.batch_size={batch} and oom.min_batch_size={min_bs} "
+                    "stops the step-down: use a smaller model or more memory"
+                ) from exc
+            log.warning("out of memory at data.batch_size=%d: retrying with %d", batch, batch // 2)
+            cfg.data.batch_size = batch // 2
+            cfg.trainer.accumulate_grad_batches = int(cfg.trainer.accumulate_grad_batches) * 2
+            _free_accelerator_memory()
+            continue
+        if tried:
+            used = int(cfg.data.batch_size)
+            _record({"hpo:oom_batch_sizes": tried, "hpo:batch_size_used": used})
+        return result
+
+
+def _apply_batch_split(cfg: DictConfig) -> None:
+    """``batch_split=k``: batch size / k and gradient accumulation * k (same effective batch)."""
+    k = int(cfg.get("batch_split", 1) or 1)
+    if k <= 1:
+        return
+    if int(cfg.data.batch_size) % k:
+        raise ConfigError(
+            f"batch_split={k} does not divide data.batch_size={cfg.data.batch_size}: "
+            "use a divisor of the batch size"
+        )
+    cfg.data.batch_size = int(cfg.data.batch_size) // k
+    cfg.trainer.accumulate_grad_batches = int(cfg.trainer.accumulate_grad_batches) * k
+
+
+class OutOfMemoryError(HPOError, RuntimeError):
+    """Out of memory even at the smallest batch size allowed."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _record(attrs: dict[str, Any]) -> None:
+    """Set user attrs on this job's trial (no-op outside a sweep)."""
+    from hpo import trial_context
+
+    ctx = trial_context.current()
+    if ctx is None:
+        return
+    try:
+        trial = trial_context.open_trial(ctx)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+    except Exception as exc:  # attrs are provenance: never fail a trial over them
+        log.warning("could not record %s on the trial: %s", sorted(attrs), exc)
+
+
+def _resume_checkpoint(out_dir: Path) -> str | None:
+    """``last.ckpt`` of an interrupted run of THIS trial (a requeued SLURM job), else None."""
+    import json
+
+    from hpo import trial_context
+
+    ctx = trial_context.current()
+    last = out_dir / "checkpoints" / "last.ckpt"
+    marker = out_dir / "checkpoints" / "trial.json"
+    if ctx is None or not last.exists() or not marker.exists():
+        return None
+    try:
+        owner = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if owner != {"study": ctx.study_name, "trial_id": ctx.trial_id}:
+        return None  # a checkpoint of another study's trial in a reused directory
+    return str(last)
+
+
+def _mark_checkpoints(out_dir: Path) -> None:
+    import json
+
+    from hpo import trial_context
+
+    ctx = trial_context.current()
+    if ctx is None:
+        return
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (out_dir / "checkpoints" / "trial.json").write_text(
+        json.dumps({"study": ctx.study_name, "trial_id": ctx.trial_id})
+    )
+
+
+def _quiet_lightning() -> None:
+    # Lightning adds its own stdout handler: every line came twice (it also reaches Hydra's)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).handlers.clear()
+    warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def fit(cfg: DictConfig) -> float | list[float]:
     """Train once with ``cfg``; return the objective value(s)."""
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import CSVLogger
 
+    _quiet_lightning()
     objectives = objective_names(cfg)
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     out_dir = _output_dir()
@@ -125,13 +268,22 @@ def train(cfg: DictConfig) -> float | list[float]:
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="tb", version=""))
+    callbacks = build_callbacks(cfg, out_dir, objectives)
+    simulate = (cfg.get("oom") or {}).get("simulate_above")
+    if simulate is not None:
+        callbacks.append(_simulated_oom_callback(int(simulate), int(cfg.data.batch_size)))
     trainer = instantiate(
-        cfg.trainer,
-        callbacks=build_callbacks(cfg, out_dir, objectives),
-        logger=loggers,
-        default_root_dir=str(out_dir),
+        cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(out_dir)
     )
-    trainer.fit(model, datamodule=datamodule)
+    resume = _resume_checkpoint(out_dir)
+    if resume:
+        import torch
+
+        epoch = int(torch.load(resume, map_location="cpu", weights_only=False).get("epoch", 0))
+        log.info("resuming this trial from %s (epoch %d)", resume, epoch)
+        _record({"hpo:resumed_from_epoch": epoch})
+    _mark_checkpoints(out_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     metrics = dict(trainer.callback_metrics)
     if trainer.checkpoint_callback is not None and getattr(
         trainer.checkpoint_callback, "best_model_path", ""
@@ -152,6 +304,21 @@ def train(cfg: DictConfig) -> float | list[float]:
     if any(not math.isfinite(v) for v in values):
         log.warning("objective is not finite: %s", shown)
     return values[0] if len(values) == 1 else values
+
+
+def _simulated_oom_callback(limit: int, batch_size: int) -> Any:
+    """Fault injection (``oom.simulate_above``): an OOM at train start above ``limit``."""
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    class _SimulatedOOM(Callback):
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            if batch_size > limit:
+                raise torch.cuda.OutOfMemoryError(
+                    f"CUDA out of memory (simulated: batch {batch_size} > {limit})"
+                )
+
+    return _SimulatedOOM()
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

@@ -24,7 +24,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import trial_context
@@ -113,6 +118,7 @@ class HPOSweeperImpl(Sweeper):
         direction: Any,
         params: dict[str, str] | None,
         descriptions: dict[str, str] | None = None,
+        conditions: dict[str, str] | None = None,
         max_failure_rate: float = 0.5,
         seed: int | None = None,
         sampler: Any = None,
@@ -149,6 +155,7 @@ class HPOSweeperImpl(Sweeper):
         self.n_jobs = n_jobs
         self.params_cfg = dict(params or {})
         self.descriptions = dict(descriptions or {})
+        self.conditions_cfg = {str(k): str(v) for k, v in (conditions or {}).items()}
         self.max_failure_rate = float(max_failure_rate)
         self.seed = seed
         self.sampler_cfg = sampler
@@ -284,6 +291,34 @@ class HPOSweeperImpl(Sweeper):
             )
         return specs
 
+    def _parse_conditions(self, specs: list[ParamSpec]) -> dict[str, tuple[str, set[str]]]:
+        """``{param: "other=v1,v2"}`` -> ``{param: (other, {"v1", "v2"})}``, checked."""
+        names = {s.name: s for s in specs}
+        out: dict[str, tuple[str, set[str]]] = {}
+        for param, cond in self.conditions_cfg.items():
+            other, sep, values = cond.partition("=")
+            other = other.strip()
+            if param not in names:
+                raise ConfigError(
+                    f"hydra.sweeper.conditions names {param!r}, which is not searched: "
+                    "condition only parameters of hydra.sweeper.params or the command line"
+                )
+            if not sep or other not in names or other == param:
+                raise ConfigError(
+                    f"hydra.sweeper.conditions.{param}={cond!r}: write '<searched param>="
+                    "value[,value]', e.g. model=mlp"
+                )
+            out[param] = (other, {v.strip() for v in values.split(",") if v.strip()})
+        # tell the agents when a parameter applies
+        for i, spec in enumerate(specs):
+            if spec.name in out:
+                other, values = out[spec.name]
+                note = f"(only when {other} is {' or '.join(sorted(values))})"
+                specs[i] = ParamSpec(name=spec.name, distribution=spec.distribution,
+                                     default=spec.default,
+                                     description=f"{spec.description} {note}".strip())
+        return out
+
     def _trial_overrides(
         self, params: dict[str, Any], searched: list[ParsedParam], fixed: list[str]
     ) -> list[str]:
@@ -412,6 +447,7 @@ class HPOSweeperImpl(Sweeper):
         assert self.config is not None and self.launcher is not None
         searched, fixed = self._search_space(arguments)
         specs = self._param_specs(searched)
+        self.conditions = self._parse_conditions(specs)
         objective_names = self._objective_names()
         distributions = {s.name: s.distribution for s in specs}
         self._validate_composition(
@@ -564,7 +600,7 @@ class _SweepRun:
         self.fixed = fixed
         self.objective_names = objective_names
         self.driver = _driver_id()
-        self.in_flight: dict[Future[JobReturn], _Slot] = {}
+        self.in_flight: dict[Future[list[JobReturn]], _Slot] = {}
         self.n_finished = 0
         self.n_failed = 0
         self.n_asked = 0
@@ -572,6 +608,10 @@ class _SweepRun:
         self._budget_used = self._count_budget()
         self._beat_stop = threading.Event()
         self.progress = _make_progress(self)
+        folds = OmegaConf.select(sweeper.config, "cv.folds", default=1) if sweeper.config else 1
+        self.folds = int(folds or 1)
+        if self.folds > 1:
+            log.info("k-fold cross-validation: each trial runs as %d fold jobs", self.folds)
 
     def _count_budget(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
@@ -631,7 +671,12 @@ class _SweepRun:
         while len(self.in_flight) < self.s.n_jobs and self.remaining() > 0:
             if self._stop_reason():
                 return
-            trial = self.study.ask(self.distributions)
+            if self.n_asked % 10 == 0 or self.remaining() <= 2 * self.s.n_jobs:
+                # other drivers may share this study: the budget is the study's, re-count it
+                self._budget_used = self._count_budget()
+                if self.remaining() <= 0:
+                    return
+            trial = self._ask()
             self._budget_used += 1
             self.n_asked += 1
             if self._stop_reason() and trial.user_attrs.get("hpo:source") == "fallback":
@@ -650,17 +695,52 @@ class _SweepRun:
                 f"++hydra.job.env_set.{trial_context.ENV_TRIAL_ID}={trial._trial_id}",
             ]
             slot = _Slot(trial=trial, overrides=overrides)
-            self.in_flight[pool.submit(self._launch, job, trial.number)] = slot
+            jobs = [job] if self.folds <= 1 else [
+                [*(job if i == 0 else overrides), f"cv.fold={i}",
+                 f"hydra.sweep.subdir=trial_{trial.number}/fold_{i}"]
+                for i in range(self.folds)
+            ]
+            self.in_flight[pool.submit(self._launch, jobs, trial.number)] = slot
             log.debug("trial %d started: %s", trial.number, " ".join(overrides))
             self.progress.trial_started(trial.number, dict(trial.params))
 
-    def _launch(self, job: list[str], number: int) -> JobReturn:
+    def _ask(self) -> optuna.Trial:
+        conditions = self.s.conditions
+        if not conditions:
+            return self.study.ask(self.distributions)
+        # define-by-run: a conditional parameter is suggested only when its condition holds
+        trial = self.study.ask()
+        pending = dict(self.distributions)
+        while pending:
+            progressed = False
+            for name, dist in list(pending.items()):
+                cond = conditions.get(name)
+                if cond is not None:
+                    other, values = cond
+                    if other not in trial.params:
+                        if other in pending:
+                            continue  # decide after the parameter it depends on
+                        del pending[name]  # depends on an inactive parameter: inactive
+                        progressed = True
+                        continue
+                    if str(trial.params[other]) not in values:
+                        del pending[name]
+                        progressed = True
+                        continue
+                _suggest(trial, name, dist)
+                del pending[name]
+                progressed = True
+            if not progressed:  # a cycle of conditions: nothing more can be decided
+                break
+        return trial
+
+    def _launch(self, jobs: list[list[str]], number: int) -> list[JobReturn]:
         launcher = self.s.launcher
         assert launcher is not None
         lock = self.s._launch_lock
         with lock if lock is not None else contextlib.nullcontext():
-            (ret,) = launcher.launch([job], initial_job_idx=number)
-        return ret
+            # k-fold CV: the K fold jobs of a trial go in one call (a job array on SLURM)
+            return list(launcher.launch(jobs, initial_job_idx=number))
 
     def _heartbeats(self) -> None:
         interval = self.s.heartbeat_interval_s
@@ -673,18 +753,18 @@ class _SweepRun:
                     storage.set_trial_user_attr(slot.trial._trial_id, A_HEARTBEAT, time.time())
 
     # ---------------------------------------------------------------- tells
-    def _finish(self, fut: Future[JobReturn], slot: _Slot) -> None:
+    def _finish(self, fut: Future[list[JobReturn]], slot: _Slot) -> None:
         try:
             self._tell(fut, slot)
         finally:
             frozen = self.study._storage.get_trial(slot.trial._trial_id)
             self.progress.trial_finished(frozen)
 
-    def _tell(self, fut: Future[JobReturn], slot: _Slot) -> None:
+    def _tell(self, fut: Future[list[JobReturn]], slot: _Slot) -> None:
         trial = slot.trial
         storage = self.study._storage
         try:
-            ret = fut.result()
+            rets = fut.result()
         except Exception as exc:  # the launcher could not run the job (killed, rejected, lost)
             rejected = _rejection(exc)
             if rejected is not None:  # the cluster refuses the job itself: stop, do not retry
@@ -697,6 +777,7 @@ class _SweepRun:
             self.n_failed += 1
             self.n_finished += 1
             return
+        ret = self._combine_folds(trial, rets) if len(rets) > 1 else rets[0]
         self.s.job_results.append(ret)
         if ret.hydra_cfg is not None:
             out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
@@ -729,6 +810,36 @@ class _SweepRun:
         self.study.tell(trial, state=TrialState.FAIL)
         self.n_failed += 1
         log.warning("trial %d failed after %.1f s: %s", trial.number, elapsed, error)
+
+    def _combine_folds(self, trial: optuna.Trial, rets: list[JobReturn]) -> JobReturn:
+        """One result for a trial run as K fold jobs: the mean; per-fold values in attrs."""
+        for r in rets:
+            if r.status != JobStatus.COMPLETED:
+                return r
+        per_fold = []
+        for r in rets:
+            values, error = self._values(r._return_value)
+            if error is not None:
+                return r
+            per_fold.append(values)
+        n = len(per_fold)
+        means = [sum(v[i] for v in per_fold) / n for i in range(len(per_fold[0]))]
+        stds = [
+            math.sqrt(sum((v[i] - means[i]) ** 2 for v in per_fold) / max(n - 1, 1))
+            for i in range(len(means))
+        ]
+        single = len(means) == 1
+        storage = self.study._storage
+        storage.set_trial_user_attr(
+            trial._trial_id, "folds", [v[0] for v in per_fold] if single else per_fold
+        )
+        storage.set_trial_user_attr(trial._trial_id, "fold_std", stds[0] if single else stds)
+        first = rets[0]
+        return JobReturn(
+            overrides=first.overrides, cfg=first.cfg, hydra_cfg=first.hydra_cfg,
+            working_dir=first.working_dir, task_name=first.task_name,
+            status=JobStatus.COMPLETED, _return_value=means[0] if single else means,
+        )
 
     def _values(self, value: Any) -> tuple[list[float], str | None]:
         n = len(self.s.directions)
@@ -790,6 +901,16 @@ class _SweepRun:
         if self.s.storage_url and self.s.storage_url != "memory":
             log.info("inspect: optuna-dashboard %s", redact_url(self.s._storage_url() or ""))
 
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> None:
+    if isinstance(dist, FloatDistribution):
+        trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    elif isinstance(dist, IntDistribution):
+        trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    else:
+        assert isinstance(dist, CategoricalDistribution)
+        trial.suggest_categorical(name, dist.choices)
 
 
 class _NoProgress:

@@ -40,6 +40,11 @@ class HPOSweeperConf:
     # One line per parameter for the agents: {param path: what it does, when to change it}.
     descriptions: Dict[str, str] = field(default_factory=dict)
 
+    # Conditional parameters: {param: "other=value[,value]"}: sampled (and shown to the agents)
+    # only when the searched parameter `other` took one of those values, e.g.
+    # {model.net.hidden_dim: "model=mlp"}.
+    conditions: Dict[str, str] = field(default_factory=dict)
+
     # Stop the sweep when failed / finished trials of this run exceeds this rate
     # (judged once 3 trials have finished).
     max_failure_rate: float = 0.5
