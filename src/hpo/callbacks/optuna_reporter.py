@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -86,6 +88,8 @@ class OptunaReporter(L.Callback):
             return
         if self.pruner is not None:
             self.trial.study.pruner = self.pruner
+        for key, value in placement_attrs().items():
+            self._safe(f"storing {key}", self.trial.set_user_attr, key, value, default=None)
         self._multi_objective = len(self.trial.study.directions) > 1
         if self._multi_objective:
             log.info("study %r has several objectives: reporting curves, not pruning",
@@ -120,6 +124,8 @@ class OptunaReporter(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Report the monitored value, store curves, and prune if the pruner says so."""
         if trainer.sanity_checking or self.ctx is None:
+            return
+        if trainer.state.fn != "fit":  # e.g. the final validate() on the best checkpoint
             return
         epoch = int(trainer.current_epoch)
         should_prune = False
@@ -164,3 +170,20 @@ class OptunaReporter(L.Callback):
         """Restore what :meth:`state_dict` saved."""
         self._table.load_state_dict(state_dict)
         self._reported = {int(e) for e in state_dict.get("reported", [])}
+
+
+def placement_attrs(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Where this job runs, as trial user attrs: ``hpo:host``, and under SLURM
+    ``hpo:slurm_job_id`` (``ARRAYID_TASKID`` for array tasks, as sacct names them) and
+    ``hpo:slurm_restarts`` once the job was requeued (preemption)."""
+    env = os.environ if environ is None else environ
+    attrs: dict[str, Any] = {"hpo:host": socket.gethostname()}
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        attrs["hpo:slurm_job_id"] = f"{array}_{task}"
+    elif env.get("SLURM_JOB_ID"):
+        attrs["hpo:slurm_job_id"] = env["SLURM_JOB_ID"]
+    restarts = env.get("SLURM_RESTART_COUNT", "")
+    if restarts.isdigit() and int(restarts) > 0:
+        attrs["hpo:slurm_restarts"] = int(restarts)
+    return attrs

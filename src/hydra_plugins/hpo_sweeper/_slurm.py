@@ -22,7 +22,7 @@ from typing import Any
 
 from hpo.errors import ConfigError
 
-__all__ = ["rejection_error", "sbatch_preview"]
+__all__ = ["lost_job_reason", "rejection_error", "sbatch_preview"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,22 @@ def rejection_error(exc: BaseException) -> Exception | None:
     if message is None:
         return None
     return ConfigError(f"SLURM rejected the job: {message}")
+
+
+def lost_job_reason(exc: BaseException) -> str | None:
+    """One line for a SLURM job that ended without a result, e.g. ``SLURM job 40 ended
+    CANCELLED by 0 without a result``; None when ``exc`` is not submitit's
+    "has not produced any output" error.
+
+    submitit puts the job's final state on the second line of its message, which a first-line
+    summary would lose.
+    """
+    for e in _chain(exc):
+        m = re.search(r"Job (\S+) \(task: \d+\).*?has not produced any output \(state: ([^)]*)\)",
+                      str(e), re.DOTALL)
+        if m:
+            return f"SLURM job {m.group(1)} ended {m.group(2).strip()} without a result"
+    return None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
