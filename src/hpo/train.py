@@ -207,7 +207,7 @@ def _resume_checkpoint(out_dir: Path) -> str | None:
 
     ctx = trial_context.current()
     last = out_dir / "checkpoints" / "last.ckpt"
-    marker = out_dir / "checkpoints" / "trial.json"
+    marker = out_dir / ".hpo_trial.json"
     if ctx is None or not last.exists() or not marker.exists():
         return None
     try:
@@ -227,8 +227,8 @@ def _mark_checkpoints(out_dir: Path) -> None:
     ctx = trial_context.current()
     if ctx is None:
         return
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (out_dir / "checkpoints" / "trial.json").write_text(
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ".hpo_trial.json").write_text(
         json.dumps({"study": ctx.study_name, "trial_id": ctx.trial_id})
     )
 
@@ -328,4 +328,8 @@ def main(cfg: DictConfig) -> float | list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the function of the importable module, not of __main__: launchers that pickle the
+    # task (submitit) then pickle a reference to hpo.train.main instead of its code.
+    from hpo.train import main as _main
+
+    _main()

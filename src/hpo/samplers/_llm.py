@@ -399,12 +399,14 @@ class LLMSampler(BaseSampler):
         if self._stop_reason is not None:
             return "stop"
         if self._chain is None:
-            self._warn_once(
-                "no_llm",
-                "LLMSampler has no agent chain (no LLM configured or no API key found): "
-                "every trial comes from the fallback sampler %s.",
-                type(self._fallback).__name__,
-            )
+            if self._first("no_llm"):
+                # info, not a warning: build_chain already warned loudly (once) when
+                # credentials are missing, and agent=none is the user's own choice
+                _logger.info(
+                    "LLMSampler has no agent chain: every trial comes from the fallback "
+                    "sampler %s.",
+                    type(self._fallback).__name__,
+                )
             return "no_llm"
         if self._fallback_share > 0.0 and self._rng.random() < self._fallback_share:
             return "share"

@@ -93,6 +93,10 @@ def _representative(spec: ParamSpec) -> Any:
 
 
 def _first_line(exc: BaseException, limit: int = 500) -> str:
+    if type(exc).__name__ == "FailedJobError":  # submitit: the job's own error ends the trace
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(" ")), "")
+        return f"job failed: {last}"[:limit]
     msg = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
     return text[:limit]
