@@ -28,9 +28,11 @@ class ClassifierModule(L.LightningModule):
 
     Logged metrics (epoch means): ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
     ``val/f1`` (macro F1), ``lr`` (learning rate of the first parameter group at epoch start),
-    and ``test/loss``, ``test/acc``, ``test/f1`` when testing. ``val/loss`` is plain cross
-    entropy (without label smoothing), so it compares across trials. After each validation epoch
-    ``per_class`` holds that epoch's per-class F1 and accuracy (recall), keyed by class name.
+    ``model/params`` (parameter count of the net, with each validation: an objective for
+    accuracy-versus-size searches), and ``test/loss``, ``test/acc``, ``test/f1`` when testing.
+    ``val/loss`` is plain cross entropy (without label smoothing), so it compares across trials.
+    After each validation epoch ``per_class`` holds that epoch's per-class F1 and accuracy
+    (recall), keyed by class name.
 
     Args:
         net: Factory of the network, called as ``net(input_shape=..., num_classes=...)``; with
@@ -149,6 +151,7 @@ class ClassifierModule(L.LightningModule):
         self.val_acc_per_class.reset()
         if self.trainer.sanity_checking:
             return
+        self.log("model/params", float(self.num_parameters), on_step=False, on_epoch=True)
         names = self._class_names()
         self.per_class = {
             "f1": {name: float(v) for name, v in zip(names, f1, strict=True)},

@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 _DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 
 
+def _check_folds(folds: int, fold: int) -> None:
+    if int(folds) < 1:
+        raise ConfigError(f"folds={folds!r} must be at least 1: pass 1 (no CV) or e.g. 5")
+    if not 0 <= int(fold) < int(folds):
+        raise ConfigError(
+            f"fold={fold!r} is outside [0, folds={folds}): pass 0 to {int(folds) - 1}"
+        )
+
+
 def _check_loader_args(*, batch_size: int, val_fraction: float, num_workers: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be at least 1: pass e.g. 64")
@@ -80,14 +89,18 @@ class _ClassificationDataModule(L.LightningDataModule):
 class DigitsDataModule(_ClassificationDataModule):
     """scikit-learn's bundled 8x8 digits (1797 images, offline), scaled to [0, 1].
 
-    The stratified train/validation split depends only on ``seed``. There is no separate test
-    split: the test loader serves the validation set.
+    The stratified train/validation split depends only on ``seed``. With ``folds > 1`` it is
+    instead fold ``fold`` of a stratified, shuffled ``folds``-fold split (``val_fraction`` is then
+    unused): the K jobs of a cross-validated trial see disjoint validation sets covering the
+    data. There is no separate test split: the test loader serves the validation set.
 
     Args:
         batch_size: Examples per batch.
         val_fraction: Share of the data held out for validation, in (0, 1).
         num_workers: DataLoader worker processes (0 is fastest for in-memory tensors).
         seed: Seed of the train/validation split.
+        folds: Number of cross-validation folds; 1 for the plain split.
+        fold: Which fold is the validation set, in ``[0, folds)``.
     """
 
     def __init__(
@@ -97,13 +110,18 @@ class DigitsDataModule(_ClassificationDataModule):
         val_fraction: float = 0.2,
         num_workers: int = 0,
         seed: int = 0,
+        folds: int = 1,
+        fold: int = 0,
     ) -> None:
         _check_loader_args(batch_size=batch_size, val_fraction=val_fraction,
                            num_workers=num_workers)
+        _check_folds(folds, fold)
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
+        self.folds = int(folds)
+        self.fold = int(fold)
         self.input_shape = (1, 8, 8)
         self.num_classes = 10
         self.class_names = [str(i) for i in range(10)]
@@ -118,17 +136,22 @@ class DigitsDataModule(_ClassificationDataModule):
         digits = load_digits()
         x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         y = torch.as_tensor(digits.target, dtype=torch.long)
-        train_idx, val_idx = train_test_split(
-            torch.arange(len(y)).numpy(),
-            test_size=self.val_fraction,
-            stratify=y.numpy(),
-            random_state=self.seed,
-        )
+        index = torch.arange(len(y)).numpy()
+        if self.folds > 1:
+            from sklearn.model_selection import StratifiedKFold
+
+            splitter = StratifiedKFold(n_splits=self.folds, shuffle=True, random_state=self.seed)
+            train_idx, val_idx = list(splitter.split(index, y.numpy()))[self.fold]
+        else:
+            train_idx, val_idx = train_test_split(
+                index, test_size=self.val_fraction, stratify=y.numpy(), random_state=self.seed
+            )
         train_idx_t, val_idx_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
         self.train_set = TensorDataset(x[train_idx_t], y[train_idx_t])
         self.val_set = TensorDataset(x[val_idx_t], y[val_idx_t])
         self.test_set = self.val_set
-        log.debug("digits: %d train, %d val", len(train_idx), len(val_idx))
+        log.debug("digits: %d train, %d val (fold %d of %d)", len(train_idx), len(val_idx),
+                  self.fold, self.folds)
 
 
 _CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -181,7 +204,8 @@ class TorchvisionDataModule(_ClassificationDataModule):
     or ``<data_dir>/cifar-10-batches-py``) and downloaded there first when missing and
     ``download`` is true. Without the files and without internet it raises
     :class:`~hpo.errors.DataUnavailableError`. The validation set is a seeded random subset of
-    the official training split; the test loader serves the official test split.
+    the official training split (with ``folds > 1``: fold ``fold`` of a seeded ``folds``-way
+    partition of it); the test loader serves the official test split.
 
     Args:
         name: ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
@@ -193,6 +217,8 @@ class TorchvisionDataModule(_ClassificationDataModule):
         download: Download missing files.
         seed: Seed of the train/validation split.
         augment: Random crops (and horizontal flips for CIFAR-10) on the training set.
+        folds: Number of cross-validation folds; 1 for the plain split.
+        fold: Which fold is the validation set, in ``[0, folds)``.
     """
 
     def __init__(
@@ -206,6 +232,8 @@ class TorchvisionDataModule(_ClassificationDataModule):
         download: bool = True,
         seed: int = 0,
         augment: bool = False,
+        folds: int = 1,
+        fold: int = 0,
     ) -> None:
         if name not in _TORCHVISION:
             raise ConfigError(
@@ -214,8 +242,11 @@ class TorchvisionDataModule(_ClassificationDataModule):
             )
         _check_loader_args(batch_size=batch_size, val_fraction=val_fraction,
                            num_workers=num_workers)
+        _check_folds(folds, fold)
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
+        self.folds = int(folds)
+        self.fold = int(fold)
         self.name = name
         self.data_dir = Path(data_dir).expanduser()
         self.val_fraction = float(val_fraction)
@@ -291,10 +322,16 @@ class TorchvisionDataModule(_ClassificationDataModule):
             self._ensure_files()
             train_full, test = self._open()
         n = len(train_full)
-        n_val = max(1, round(n * self.val_fraction))
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        if self.folds > 1:
+            lo, hi = n * self.fold // self.folds, n * (self.fold + 1) // self.folds
+            val_idx, train_idx = order[lo:hi], order[:lo] + order[hi:]
+        else:
+            n_val = max(1, round(n * self.val_fraction))
+            val_idx, train_idx = order[:n_val], order[n_val:]
+        n_val = len(val_idx)
         # one copy of the images in memory, viewed through two transforms
-        self.train_set = _Transformed(train_full, order[n_val:], self._transform(train=True))
-        self.val_set = _Transformed(train_full, order[:n_val], self._transform(train=False))
+        self.train_set = _Transformed(train_full, train_idx, self._transform(train=True))
+        self.val_set = _Transformed(train_full, val_idx, self._transform(train=False))
         self.test_set = _Transformed(test, range(len(test)), self._transform(train=False))
         log.debug("%s: %d train, %d val, %d test", self.name, n - n_val, n_val, len(test))
