@@ -300,11 +300,18 @@ def _plot_history(ctx: _Context) -> Any:
         ax.step([t.number for t in by_number], best, where="post", color="#d62728",
                 label="best so far", zorder=2)
         ax.set_xlabel("trial")
+        _integer_ticks(ax)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_title(f"Optimization history ({_dir_word(ctx.study.directions)})")
     return fig
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _dir_word(directions: Sequence[StudyDirection]) -> str:
@@ -455,6 +462,7 @@ def _plot_learning_curves(ctx: _Context) -> Any:
             ax.plot(*series, marker="o", markersize=3,
                     label=f"#{t.number} (rank {rank}, {_source(t)})")
         ax.set_xlabel("epoch" if metric is not None else "step")
+        _integer_ticks(ax)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -576,6 +584,7 @@ def _plot_tokens_cost(ctx: _Context) -> Any:
     ax.bar(numbers, t_in, color="#1f77b4", label="tokens in")
     ax.bar(numbers, t_out, bottom=t_in, color="#aec7e8", label="tokens out")
     ax.set_xlabel("trial")
+    _integer_ticks(ax)
     ax.set_ylabel("tokens")
     cum = 0.0
     cumulative = []
@@ -778,6 +787,7 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
         "padding:3px 6px;text-align:left;vertical-align:top}th{background:#f0f0f0}"
+        "td.text{min-width:24em}"
         "tr.best td{background:#eaf6ea}img{max-width:100%;border:1px solid #ddd;margin:6px 0}"
         "dt{font-weight:bold;float:left;width:9em}dd{margin-left:10em}"
         "pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}"
@@ -790,7 +800,7 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
     if note:
         parts += ["<h2>Study note (diagnosis)</h2>", f"<pre>{e(note)}</pre>"]
     parts += ["<h2>Leaderboard</h2>", '<div class="lb"><table id="leaderboard"><thead><tr>']
-    parts += [f"<th>{e(c)}</th>" for c in columns]
+    parts += [f"<th>{e(c.removeprefix('params_'))}</th>" for c in columns]
     parts.append("</tr></thead><tbody>")
     for row in rows:
         cls = ' class="best"' if row.get("rank") == 1 else ""
@@ -798,8 +808,10 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
         for c in columns:
             text = _fmt(row.get(c, ""))
             if c in ("rationale", "error") and len(text) > _RATIONALE_HTML_CHARS:
-                cells.append(f'<td title="{e(text)}">'
+                cells.append(f'<td class="text" title="{e(text)}">'
                              f"{e(text[:_RATIONALE_HTML_CHARS - 1])}…</td>")
+            elif c in ("rationale", "error"):
+                cells.append(f'<td class="text">{e(text)}</td>')
             else:
                 cells.append(f"<td>{e(text)}</td>")
         parts.append(f'<tr{cls} data-number="{row["number"]}">' + "".join(cells) + "</tr>")
