@@ -666,9 +666,9 @@ class _SweepRun:
 
     # ---------------------------------------------------------------- slots
     def _stop_reason(self) -> str | None:
-        stop = getattr(self.sampler, "stop_requested", None)
-        if stop:
-            return str(stop) if not isinstance(stop, bool) else "the planner asked to stop"
+        if getattr(self.sampler, "stop_requested", False):
+            reason = getattr(self.sampler, "stop_reason", None)
+            return "the planner asked to stop" + (f": {reason}" if reason else "")
         return None
 
     def _fill_slots(self, pool: ThreadPoolExecutor) -> None:
@@ -684,9 +684,13 @@ class _SweepRun:
             self._budget_used += 1
             self.n_asked += 1
             if self._stop_reason() and trial.user_attrs.get("hpo:source") == "fallback":
-                # the planner said stop while proposing this one: do not run it
+                # the planner said stop while proposing this one: do not run it; it does not
+                # count in the budget
+                storage = self.study._storage
+                storage.set_trial_user_attr(trial._trial_id, A_ERROR, "not run: " + (
+                    self._stop_reason() or "stop"))
+                storage.set_trial_user_attr(trial._trial_id, A_RETRIED, True)
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.study._storage.set_trial_user_attr(trial._trial_id, A_RETRIED, True)
                 self._budget_used -= 1
                 return
             overrides = self.s._trial_overrides(trial.params, self.searched, self.fixed)
