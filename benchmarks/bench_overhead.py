@@ -1,0 +1,202 @@
+"""Benchmark 1: per-trial overhead of a full sweep, hpo against hydra-optuna-sweeper and Optuna.
+
+The same no-op Hydra app (``benchmarks/apps/noop``) is swept with TPE and the in-process
+launcher (``hydra/launcher=basic``), LLM off (the app has no ``agent`` node):
+
+- ``hpo``: hpo's sweeper, in-memory storage and SQLite;
+- ``hydra-optuna-sweeper``: the peer (1.3, Optuna 2.10) from its own venv
+  (``benchmarks/.venv-peer``, created on first use), in-memory storage;
+- ``optuna``: bare ``study.optimize`` with the same TPE on the same space: the floor
+  (Optuna 5 in memory and on SQLite; Optuna 2.10 of the peer venv in memory).
+
+Per trial = the median gap between the starts of consecutive jobs, in wall time and in the
+sweep process's CPU time (steady state: process start-up and the first composition are
+excluded, reported apart as "start-up"). CPU time barely moves when other processes share the
+machine; wall time does, so each configuration runs ``--repeats`` times, interleaved, and the
+run with the lowest median wall gap is kept. Usage::
+
+    python benchmarks/bench_overhead.py                  # 200 (x3) and 2000 trials
+    python benchmarks/bench_overhead.py --quick          # 20 and 60 trials, a smoke run
+    python benchmarks/bench_overhead.py --trials 200 --no-peer
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    BENCH_DIR,
+    NOOP_APP,
+    Table,
+    base_parser,
+    clean_env,
+    ensure_peer_venv,
+    header,
+    parse_ints,
+    peer_versions,
+    per_trial_s,
+    progress,
+    read_stamps,
+    run,
+    setup_logging,
+    write_json,
+)
+
+SEARCH = ("x=interval(-5, 5)", "y=range(0, 3)", "kind=choice(a, b)")
+BARE = BENCH_DIR / "apps" / "bare_optuna.py"
+TARGET_VS_PEER = 0.5
+TARGET_GROWTH = 1.2
+
+
+@dataclass
+class Result:
+    runner: str
+    storage: str
+    n_trials: int
+    wall_s: float  # the process (optuna rows: create_study + optimize)
+    startup_s: float  # process start to the first job
+    median_s: float  # median wall gap between job starts
+    mean_s: float  # mean wall gap between job starts (the throughput)
+    tail_s: float  # median wall gap over the last 10 % of the run
+    cpu_s: float  # median gap of the process CPU time between job starts
+
+
+def _result(runner: str, storage: str, n: int, wall: float, t0: float, starts: list[float],
+            cpu: list[float]) -> Result:
+    if len(starts) != n:
+        raise RuntimeError(f"{runner} ({storage}) ran {len(starts)} of {n} trials")
+    return Result(runner, storage, n, wall, starts[0] - t0, per_trial_s(starts),
+                  per_trial_s(starts, median=False), per_trial_s(starts, tail=0.1),
+                  per_trial_s(cpu))
+
+
+def bare_optuna(py: Path, n: int, storage: str, work: Path) -> Result:
+    """``study.optimize`` in a fresh process of ``py``; wall = create_study + optimize."""
+    t0 = time.time()
+    ran = run([py, BARE, str(n), storage], cwd=work, env=clean_env())
+    doc = json.loads(ran.proc.stdout.strip().splitlines()[-1])
+    label = "memory" if storage == "memory" else "sqlite"
+    return _result(f"optuna {doc['optuna']}", label, n, doc["wall_s"], t0, doc["starts"],
+                   doc["cpu"])
+
+
+def sweep(py: Path, runner: str, n: int, storage: str, work: Path, *,
+          config: str = "hpo") -> Result:
+    """A multirun of the no-op app; wall and CPU time of the whole process."""
+    stamps = work / "stamps.txt"
+    stamps.unlink(missing_ok=True)
+    shutil.rmtree(work / "multirun", ignore_errors=True)
+    env = clean_env(BENCH_STAMPS=str(stamps), BENCH_SWEEP_DIR=str(work / "multirun"))
+    cmd = [py, NOOP_APP, "--config-name", config, "-m", *SEARCH, f"hydra.sweeper.n_trials={n}",
+           "hydra/launcher=basic"]
+    if config == "hpo":
+        cmd.append(f"hydra.sweeper.storage={storage}")
+    t0 = time.time()
+    ran = run(cmd, cwd=work, env=env)
+    stamps_ = read_stamps(stamps)
+    label = "sqlite" if storage.startswith("sqlite") else "memory"
+    return _result(runner, label, n, ran.wall_s, t0, [s.start for s in stamps_],
+                   [s.cpu for s in stamps_])
+
+
+def _plan(n: int, work: Path, me: Path, peer_py: Path | None
+          ) -> list[tuple[str, Callable[..., Result], tuple[Any, ...], dict[str, Any]]]:
+    plan: list[tuple[str, Callable[..., Result], tuple[Any, ...], dict[str, Any]]] = [
+        ("optuna, memory", bare_optuna, (me, n, "memory", work), {}),
+        ("optuna, sqlite", bare_optuna, (me, n, f"sqlite:///{work / 'bare.db'}", work), {}),
+    ]
+    if peer_py is not None:
+        plan.append(("optuna 2.10, memory", bare_optuna, (peer_py, n, "memory", work), {}))
+    plan += [
+        ("hpo, memory", sweep, (me, "hpo", n, "memory", work), {}),
+        ("hpo, sqlite", sweep, (me, "hpo", n, f"sqlite:///{work / 'hpo.db'}", work), {}),
+    ]
+    if peer_py is not None:
+        plan.append(("hydra-optuna-sweeper, memory", sweep,
+                     (peer_py, "hydra-optuna-sweeper", n, "memory", work), {"config": "peer"}))
+    return plan
+
+
+def main() -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--trials", type=parse_ints, default=None,
+                   help="comma-separated trial counts (default 200,2000; --quick: 20,60)")
+    p.add_argument("--no-peer", action="store_true",
+                   help="skip hydra-optuna-sweeper and Optuna 2.10 (no peer venv needed)")
+    p.add_argument("--peer-venv", type=Path, default=BENCH_DIR / ".venv-peer",
+                   help="where the peer venv lives (created when missing)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="runs per configuration, interleaved; the best is kept "
+                        "(default 3 up to 500 trials, 1 above)")
+    args = p.parse_args()
+    setup_logging(args.verbose)
+    header("Per-trial overhead of a sweep (no-op task, TPE, in-process launcher)", args)
+    sizes = args.trials or ([20, 60] if args.quick else [200, 2000])
+    if args.quick and args.repeats is None:
+        args.repeats = 1
+
+    peer_py = None
+    if not args.no_peer:
+        peer_py = ensure_peer_venv(args.peer_venv)
+        print(f"- peer venv: {peer_versions(peer_py)}\n", flush=True)
+    me = Path(sys.executable)
+
+    results: list[Result] = []
+    for n in sizes:
+        repeats = args.repeats or (3 if n <= 500 else 1)
+        best: dict[str, Result] = {}
+        with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:
+            for rep in range(repeats):
+                for label, fn, fargs, fkw in _plan(n, Path(tmp), me, peer_py):
+                    progress(f"{n} trials: {label}, run {rep + 1}/{repeats} "
+                             f"(load avg {os.getloadavg()[0]:.1f})")
+                    res = fn(*fargs, **fkw)
+                    progress(f"  {res.median_s * 1e3:.1f} ms/trial (mean {res.mean_s * 1e3:.1f}),"
+                             f" CPU {res.cpu_s * 1e3:.1f} ms/trial, wall {res.wall_s:.1f} s")
+                    if label not in best or res.median_s < best[label].median_s:
+                        best[label] = res
+                    for db in Path(tmp).glob("*.db"):
+                        db.unlink()
+        results += best.values()
+
+    table = Table(
+        "Per-trial overhead",
+        ["runner", "storage", "trials", "wall (s)", "start-up (s)", "ms/trial",
+         "mean ms/trial", "ms/trial, last 10%", "CPU ms/trial", "vs peer (wall)",
+         "vs peer (CPU)", f"vs {sizes[0]} trials"],
+    )
+    peer = {r.n_trials: r for r in results if r.runner == "hydra-optuna-sweeper"}
+    first = {(r.runner, r.storage): r for r in results if r.n_trials == sizes[0]}
+    for r in results:
+        vs_wall = vs_cpu = None
+        if r.n_trials in peer and not r.runner.startswith("optuna"):
+            vs_wall = r.median_s / peer[r.n_trials].median_s
+            vs_cpu = r.cpu_s / peer[r.n_trials].cpu_s
+        base = first.get((r.runner, r.storage))
+        growth = r.median_s / base.median_s if base is not None and base is not r else None
+        table.add(r.runner, r.storage, r.n_trials, r.wall_s, r.startup_s, r.median_s * 1e3,
+                  r.mean_s * 1e3, r.tail_s * 1e3, r.cpu_s * 1e3, vs_wall, vs_cpu, growth)
+    table.notes += [
+        "ms/trial: median wall gap between consecutive job starts (ask + launch + job + tell); "
+        "mean ms/trial: the throughput; CPU ms/trial: median gap of the sweep process's CPU "
+        "time; start-up: process start to the first job; optuna rows: wall = create + optimize",
+        "best of the repeats by ms/trial (3 runs up to 500 trials, 1 above, unless --repeats)",
+        f"targets: hpo ms/trial <= {TARGET_VS_PEER}x hydra-optuna-sweeper's (vs peer); "
+        f"hpo at {sizes[-1]} trials <= {TARGET_GROWTH}x its ms/trial at {sizes[0]}",
+    ]
+    table.print()
+    write_json(args.json, [table])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
