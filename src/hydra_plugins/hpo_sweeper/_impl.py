@@ -907,7 +907,10 @@ class _SweepRun:
         except ValueError:
             log.info("no completed trial yet")
         if self.s.storage_url and self.s.storage_url != "memory":
-            log.info("inspect: optuna-dashboard %s", redact_url(self.s._storage_url() or ""))
+            url = redact_url(self.s._storage_url() or "")
+            log.info("inspect: python -m hpo.dashboard --storage %s   (report: python -m "
+                     "hpo.report --storage %s --study %s --out report/)", url, url,
+                     self.s.study_name)
 
 
 
