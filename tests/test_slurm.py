@@ -22,11 +22,9 @@ from conftest import APPS, clean_env, run_cli
 from hpo import status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-pytestmark = pytest.mark.slurm
 
 CLI_TIMEOUT_S = 180
-# the console script imports hpo.train, so submitit pickles the task function by reference
-HPO_TRAIN = Path(sys.executable).with_name("hpo-train")
+TRAIN = ["-m", "hpo.train"]
 QUADRATIC = str(APPS / "quadratic" / "app.py")
 
 
@@ -99,6 +97,116 @@ def last_error_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
+# ------------------------------------------------------------------------------ no cluster
+def _sbatch_failure(tmp: Path, stderr: str, **options: str) -> Exception:
+    """What submitit raises when sbatch refuses a script with these #SBATCH options."""
+    from submitit.core.utils import FailedJobError
+
+    script = tmp / ".submission_file_x.sh"
+    script.write_text("#!/bin/bash\n" + "".join(
+        f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in options.items()))
+    try:
+        try:
+            raise subprocess.CalledProcessError(1, ["sbatch", str(script)], output="",
+                                                stderr=stderr)
+        except subprocess.CalledProcessError as cause:
+            raise FailedJobError(stderr) from cause
+    except FailedJobError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("stderr", "options", "expected"),
+    [
+        ("sbatch: error: Memory specification can not be satisfied\n"
+         "sbatch: error: Batch job submission failed: Requested node configuration is not "
+         "available", {"mem": "64GB", "partition": "p1"},
+         ["hydra.launcher.mem_gb=64 cannot be satisfied on partition p1",
+          "lower hydra.launcher.mem_gb"]),
+        ("sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job "
+         "submission failed: Invalid partition name specified", {"partition": "nope"},
+         ["partition 'nope' does not exist", "set hydra.launcher.partition"]),
+        ("sbatch: error: Invalid generic resource (gres) specification",
+         {"gpus_per_node": "1", "partition": "cpu"},
+         ["hydra.launcher.gpus_per_node=1 is not available on partition cpu",
+          "hydra.launcher.gpus_per_node=null"]),
+        ("sbatch: error: Batch job submission failed: More processors requested than "
+         "permitted", {"cpus_per_task": "64", "nodes": "1", "partition": "p"},
+         ["hydra.launcher.cpus_per_task=64 asks for more CPUs", "lower"]),
+        ("sbatch: error: Batch job submission failed: Invalid account or account/partition "
+         "combination specified", {"account": "nope", "partition": "p"},
+         ["hydra.launcher.account=nope is not an account you may use"]),
+        ("sbatch: error: Batch job submission failed: Invalid qos specification",
+         {"qos": "gold", "partition": "p"}, ["hydra.launcher.qos=gold is not a QOS"]),
+        ("sbatch: error: Batch job submission failed: Requested time limit is invalid "
+         "(missing or exceeds some limit)", {"time": "9999", "partition": "p"},
+         ["hydra.launcher.timeout_min=9999 exceeds the time limit",
+          "lower hydra.launcher.timeout_min"]),
+        ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
+         "(job submit limit, user's size and/or time limits)", {"partition": "p"},
+         ["accounting/QOS limit", "hydra.sweeper.n_jobs"]),
+        ("sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+         "(connect failure)", {"partition": "p"}, None),
+    ],
+    ids=["memory", "partition", "gres", "cpus", "account", "qos", "time", "qos-policy",
+         "controller-down"],
+)
+def test_rejection_error_names_the_setting_and_the_fix(
+    tmp_path: Path, stderr: str, options: dict[str, str], expected: list[str] | None
+) -> None:
+    from hpo.errors import ConfigError
+    from hydra_plugins.hpo_sweeper._slurm import rejection_error
+
+    err = rejection_error(_sbatch_failure(tmp_path, stderr, **options))
+    if expected is None:  # transient: a lost job, retried
+        assert err is None
+        return
+    assert isinstance(err, ConfigError)
+    text = str(err)
+    assert text.startswith("SLURM rejected the job: ") and "\n" not in text
+    for part in expected:
+        assert part in text, text
+
+
+def test_rejection_error_ignores_other_failures_and_knows_a_missing_slurm() -> None:
+    from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.hpo_sweeper._slurm import lost_job_reason, rejection_error
+
+    lost = UncompletedJobError("Job 40 (task: 0) with path /x/40_0_result.pkl\n"
+                               "has not produced any output (state: CANCELLED by 0)")
+    assert rejection_error(lost) is None
+    assert lost_job_reason(lost) == "SLURM job 40 ended CANCELLED by 0 without a result"
+    assert rejection_error(RuntimeError("x=3 is too large")) is None
+    missing = rejection_error(RuntimeError('Could not detect "srun", are you indeed on a '
+                                           "slurm cluster?"))
+    assert missing is not None and "hydra/launcher=submitit_local" in str(missing)
+
+
+def test_sbatch_preview_renders_the_launcher_params_without_slurm(tmp_path: Path) -> None:
+    from hydra_plugins.hpo_sweeper._slurm import sbatch_preview
+
+    params = {  # hydra-submitit-launcher's params for slurm_small + overrides
+        "submitit_folder": f"{tmp_path}/.submitit/%j", "timeout_min": 30, "cpus_per_task": 2,
+        "gpus_per_node": None, "tasks_per_node": 1, "mem_gb": 4, "nodes": 1, "name": "train",
+        "stderr_to_stdout": False, "partition": "cpu", "qos": None, "account": "proj",
+        "signal_delay_s": 60, "max_num_timeout": 1, "array_parallelism": 256,
+        "additional_parameters": {"mail-type": "END,FAIL"}, "setup": ["module load x"],
+    }
+    text = sbatch_preview(params, ["optimizer.lr=0.01", "model=cnn"])
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for flag in ("--partition=cpu", "--account=proj", "--mem=4GB", "--cpus-per-task=2",
+                 "--time=30", "--job-name=train", "--signal=USR2@60", "--mail-type=END,FAIL",
+                 f"--output={tmp_path}/.submitit/%j/%j_0_log.out"):
+        assert f"#SBATCH {flag}" in lines, flag
+    assert "module load x" in lines
+    assert not any("qos" in ln or "gpus" in ln or "max-num-timeout" in ln for ln in lines)
+    assert lines[-1] == ("# trial overrides (carried in the job's pickle): "
+                         "optimizer.lr=0.01 model=cnn")
+    assert "-m submitit.core._submit" in text
+
+
 # ------------------------------------------------------------------------------ (a) + (d)
 @pytest.fixture(scope="module")
 def quad_sweep(slurm_cluster, tmp_path_factory: pytest.TempPathFactory):
@@ -113,6 +221,7 @@ def quad_sweep(slurm_cluster, tmp_path_factory: pytest.TempPathFactory):
     return tmp, name, launcher
 
 
+@pytest.mark.slurm
 def test_sweep_on_slurm_completes_and_jobs_are_in_sacct(quad_sweep) -> None:
     tmp, _, _ = quad_sweep
     trials = load(tmp).trials
@@ -124,6 +233,7 @@ def test_sweep_on_slurm_completes_and_jobs_are_in_sacct(quad_sweep) -> None:
     assert states == dict.fromkeys(job_ids, "COMPLETED")
 
 
+@pytest.mark.slurm
 def test_dry_run_prints_the_sbatch_script_and_submits_nothing(quad_sweep) -> None:
     tmp, name, launcher = quad_sweep
     swept = {str(t.user_attrs["hpo:job_id"]) for t in load(tmp).trials}
@@ -151,6 +261,7 @@ def test_dry_run_prints_the_sbatch_script_and_submits_nothing(quad_sweep) -> Non
 
 
 # ------------------------------------------------------------------------------ (b)
+@pytest.mark.slurm
 def test_cancelled_job_is_failed_and_retried_with_the_same_params(
     slurm_cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -192,6 +303,7 @@ def test_cancelled_job_is_failed_and_retried_with_the_same_params(
 
 
 # ------------------------------------------------------------------------------ (c)
+@pytest.mark.slurm
 def test_no_batch_barrier_a_slot_refills_while_the_other_runs(
     slurm_cluster, tmp_path: Path
 ) -> None:
@@ -219,6 +331,7 @@ def test_no_batch_barrier_a_slot_refills_while_the_other_runs(
 
 
 # ------------------------------------------------------------------------------ (e)
+@pytest.mark.slurm
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -256,7 +369,7 @@ def train_sweep(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> optu
     TPE with seed 0 draws both learning rates in its first two trials.
     """
     tmp = tmp_path_factory.mktemp("slurm_train")
-    run_cli([str(HPO_TRAIN), "-m", "agent=none", "search_space=none", "data=digits",
+    run_cli([*TRAIN, "-m", "agent=none", "search_space=none", "data=digits",
              "model=mlp", "optimizer.lr=choice(1e-2, 1e-7)",
              "hydra.sweeper.sampler={_target_: optuna.samplers.TPESampler, seed: 0}",
              "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.5}",
@@ -269,6 +382,7 @@ def train_sweep(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> optu
     return optuna.load_study(study_name="hpo", storage=f"sqlite:///{tmp / 's.db'}")
 
 
+@pytest.mark.slurm
 def test_lightning_trials_run_in_slurm_jobs_and_report_through_storage(
     train_sweep: optuna.Study,
 ) -> None:
@@ -286,6 +400,7 @@ def test_lightning_trials_run_in_slurm_jobs_and_report_through_storage(
     assert sacct_until_final(ids) == dict.fromkeys(ids, "COMPLETED")
 
 
+@pytest.mark.slurm
 def test_a_bad_trial_is_pruned_across_processes(train_sweep: optuna.Study) -> None:
     bad = next(t for t in train_sweep.trials if t.params["optimizer.lr"] == 1e-7)
     assert bad.state == TrialState.PRUNED
@@ -295,6 +410,7 @@ def test_a_bad_trial_is_pruned_across_processes(train_sweep: optuna.Study) -> No
 
 
 # ------------------------------------------------------------------------------ preemption
+@pytest.mark.slurm
 def test_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(
     slurm_cluster, tmp_path: Path
 ) -> None:
@@ -312,7 +428,7 @@ def test_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(
                        timeout_min=12),
     ]
     log = (tmp_path / "sweep.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(HPO_TRAIN), *args], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, *TRAIN, *args], cwd=tmp_path,
                             env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         job = _job_after_epochs(url, proc, 2, timeout=120)

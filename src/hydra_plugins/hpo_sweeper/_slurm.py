@@ -259,7 +259,13 @@ def _explain(r: _Rejected) -> str | None:
             f"{setting} is not a QOS you may use on {where}: set hydra.launcher.qos to one of "
             "yours (sacctmgr show assoc user=$USER format=qos) or leave it unset"
         )
-    if r.has("time limit"):
+    if r.has("job violates accounting/qos policy", "qosmaxsubmitjob", "assocmaxsubmitjob"):
+        return (
+            f"the job breaks an accounting/QOS limit of {where} (e.g. jobs per user, size or "
+            "time): lower hydra.sweeper.n_jobs or the resources in hydra.launcher, or pick "
+            "another hydra.launcher.qos"
+        )
+    if r.has("requested time limit", "time limit is invalid"):
         setting = r.setting("time") or "hydra.launcher.timeout_min"
         limit = f" (its limit is {nodes.time_limit})" if nodes and nodes.time_limit else ""
         return (
@@ -280,12 +286,6 @@ def _explain(r: _Rejected) -> str | None:
         return (
             f"you may not submit to {where}: choose another hydra.launcher.partition, or set "
             "hydra.launcher.account to an account allowed there"
-        )
-    if r.has("job violates accounting/qos policy", "qosmaxsubmitjob", "assocmaxsubmitjob"):
-        return (
-            f"the job breaks an accounting/QOS limit of {where} (e.g. jobs per user, size or "
-            "time): lower hydra.sweeper.n_jobs or the resources in hydra.launcher, or pick "
-            "another hydra.launcher.qos"
         )
     if r.has("requested node configuration is not available"):
         asked = r.settings("cpus-per-task", "ntasks-per-node", "nodes", "mem", "constraint",
