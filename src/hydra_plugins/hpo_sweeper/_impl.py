@@ -612,6 +612,7 @@ class _SweepRun:
         self._budget_used = self._count_budget()
         self._beat_stop = threading.Event()
         self.progress = _make_progress(self)
+        self.sampler_exhausted = False
         folds = OmegaConf.select(sweeper.config, "cv.folds", default=1) if sweeper.config else 1
         self.folds = int(folds or 1)
         if self.folds > 1:
@@ -666,6 +667,8 @@ class _SweepRun:
 
     # ---------------------------------------------------------------- slots
     def _stop_reason(self) -> str | None:
+        if self.sampler_exhausted:
+            return f"{type(self.sampler).__name__} has covered its whole search space"
         if getattr(self.sampler, "stop_requested", False):
             reason = getattr(self.sampler, "stop_reason", None)
             return "the planner asked to stop" + (f": {reason}" if reason else "")
@@ -780,7 +783,8 @@ class _SweepRun:
                 self.study.tell(trial, state=TrialState.FAIL)
                 raise rejected from exc
             frozen = storage.get_trial(trial._trial_id)
-            if self.s.fail_and_retry(self.study, frozen, f"job lost: {_first_line(exc)}"):
+            reason = f"job lost: {_lost_reason(exc) or _first_line(exc)}"
+            if self.s.fail_and_retry(self.study, frozen, reason):
                 self._budget_used -= 1  # the retry takes this trial's place in the budget
             self.n_failed += 1
             self.n_finished += 1
@@ -801,7 +805,7 @@ class _SweepRun:
         if ret.status == JobStatus.COMPLETED:
             values, error = self._values(ret._return_value)
             if error is None:
-                self.study.tell(trial, values)
+                self._tell_study(trial, values)
                 log.info("trial %d finished in %.1f s: %s", trial.number, elapsed,
                          ", ".join(f"{n}={v:.6g}" for n, v in zip(self.objective_names, values,
                                                                    strict=True)))
@@ -810,14 +814,25 @@ class _SweepRun:
             exc = ret._return_value
             if isinstance(exc, optuna.TrialPruned):
                 storage.set_trial_user_attr(trial._trial_id, "hpo:pruned", str(exc)[:300])
-                self.study.tell(trial, state=TrialState.PRUNED)
+                self._tell_study(trial, state=TrialState.PRUNED)
                 log.info("trial %d pruned after %.1f s: %s", trial.number, elapsed, exc)
                 return
             error = _first_line(exc) if isinstance(exc, BaseException) else str(exc)
         storage.set_trial_user_attr(trial._trial_id, A_ERROR, error)
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._tell_study(trial, state=TrialState.FAIL)
         self.n_failed += 1
         log.warning("trial %d failed after %.1f s: %s", trial.number, elapsed, error)
+
+    def _tell_study(self, trial: optuna.Trial, values: Any = None, *,
+                    state: TrialState | None = None) -> None:
+        try:
+            self.study.tell(trial, values, state=state)
+        except RuntimeError as exc:
+            # a sampler that has covered its space (GridSampler, BruteForceSampler) calls
+            # study.stop(), which only works inside study.optimize; the tell itself is stored
+            if "stop" not in str(exc).lower():
+                raise
+            self.sampler_exhausted = True
 
     def _combine_folds(self, trial: optuna.Trial, rets: list[JobReturn]) -> JobReturn:
         """One result for a trial run as K fold jobs: the mean; per-fold values in attrs."""
@@ -956,6 +971,14 @@ def _upload_artifacts(study: optuna.Study, trial_id: int, out: Path, url: str | 
         upload_trial_artifacts(study, trial_id, out, url)
     except Exception as exc:  # artifacts are copies: never fail a trial over them
         log.warning("could not upload the artifacts of %s: %s", out, _first_line(exc))
+
+
+def _lost_reason(exc: BaseException) -> str | None:
+    try:
+        from hydra_plugins.hpo_sweeper._slurm import lost_job_reason
+    except ImportError:
+        return None
+    return lost_job_reason(exc)
 
 
 def _rejection(exc: BaseException) -> Exception | None:
