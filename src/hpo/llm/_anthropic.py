@@ -9,7 +9,14 @@ from typing import Any
 
 import anthropic
 
-from hpo.llm._common import check_client_args, check_messages, schema_description, schema_name
+from hpo.llm._common import (
+    check_client_args,
+    check_messages,
+    completion,
+    parse_text_reply,
+    schema_description,
+    schema_name,
+)
 from hpo.llm.base import (
     Completion,
     LLMAuthError,
@@ -20,7 +27,7 @@ from hpo.llm.base import (
     Usage,
 )
 from hpo.llm.errors import map_sdk_error, safe_cause, scrub
-from hpo.llm.parsing import parse_reply, validate_reply
+from hpo.llm.parsing import validate_reply
 from hpo.llm.pricing import cost_usd
 
 __all__ = ["AnthropicClient"]
@@ -247,28 +254,6 @@ class AnthropicClient:
             reply = validate_reply(tool_input, reply_model, raw_text=raw, usage=usage)
         else:
             raw = text
-            try:
-                reply = parse_reply(text, reply_model, usage=usage)
-            except LLMMalformedReply as exc:
-                if stop == "max_tokens":
-                    raise LLMMalformedReply(
-                        f"{exc} (reply cut at max_tokens: raise max_tokens)", raw, usage
-                    ) from None
-                raise
-        logger.debug(
-            "%s %s: %d in / %d out tokens, %.2fs",
-            self.provider,
-            self.model,
-            usage.input_tokens,
-            usage.output_tokens,
-            latency,
-        )
-        return Completion(
-            reply=reply,
-            usage=usage,
-            raw_text=raw,
-            latency_s=latency,
-            model=getattr(response, "model", None) or self.model,
-            provider=self.provider,
-            extra={"stop_reason": stop, "id": getattr(response, "id", None)},
-        )
+            reply = parse_text_reply(text, reply_model, usage, truncated=stop == "max_tokens")
+        return completion(self, response, reply=reply, usage=usage, raw_text=raw,
+                          latency=latency, extra={"stop_reason": stop})

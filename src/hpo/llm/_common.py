@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any
 
 from pydantic import BaseModel
 
-from hpo.llm.base import Message
+from hpo.llm.base import Completion, LLMMalformedReply, Message, T, Usage
+from hpo.llm.parsing import parse_reply
+
+logger = logging.getLogger("hpo.llm")
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -49,3 +54,35 @@ def check_messages(messages: list[Message]) -> None:
                 f"message role {m.role!r} is not 'user' or 'assistant': "
                 "pass system text through system=."
             )
+
+
+def parse_text_reply(text: str, reply_model: type[T], usage: Usage, *, truncated: bool) -> T:
+    """Parse a text reply; a malformed one cut at max_tokens says to raise max_tokens."""
+    try:
+        return parse_reply(text, reply_model, usage=usage)
+    except LLMMalformedReply as exc:
+        if truncated:
+            raise LLMMalformedReply(
+                f"{exc} (reply cut at max_tokens: raise max_tokens)", text, usage
+            ) from None
+        raise
+
+
+def completion(
+    client: Any, response: Any, *, reply: T, usage: Usage, raw_text: str, latency: float,
+    extra: dict[str, object],
+) -> Completion[T]:
+    """The ``Completion`` of a provider ``response`` (logged at debug level)."""
+    logger.debug(
+        "%s %s: %d in / %d out tokens, %.2fs",
+        client.provider, client.model, usage.input_tokens, usage.output_tokens, latency,
+    )
+    return Completion(
+        reply=reply,
+        usage=usage,
+        raw_text=raw_text,
+        latency_s=latency,
+        model=getattr(response, "model", None) or client.model,
+        provider=client.provider,
+        extra={**extra, "id": getattr(response, "id", None)},
+    )

@@ -9,10 +9,16 @@ from typing import Any, Literal
 
 import openai
 
-from hpo.llm._common import check_client_args, check_messages, schema_description, schema_name
+from hpo.llm._common import (
+    check_client_args,
+    check_messages,
+    completion,
+    parse_text_reply,
+    schema_description,
+    schema_name,
+)
 from hpo.llm.base import Completion, LLMAuthError, LLMMalformedReply, LLMRefusal, Message, T, Usage
 from hpo.llm.errors import map_sdk_error, safe_cause, scrub
-from hpo.llm.parsing import parse_reply
 from hpo.llm.pricing import cost_usd
 
 __all__ = ["OpenAIClient"]
@@ -205,28 +211,6 @@ class OpenAIClient:
         if finish == "content_filter":
             raise LLMRefusal(f"{self.provider} ({self.model}) refused: content filter")
         text = message.content or ""
-        try:
-            reply = parse_reply(text, reply_model, usage=usage)
-        except LLMMalformedReply as exc:
-            if finish == "length":
-                raise LLMMalformedReply(
-                    f"{exc} (reply cut at max_tokens: raise max_tokens)", text, usage
-                ) from None
-            raise
-        logger.debug(
-            "%s %s: %d in / %d out tokens, %.2fs",
-            self.provider,
-            self.model,
-            usage.input_tokens,
-            usage.output_tokens,
-            latency,
-        )
-        return Completion(
-            reply=reply,
-            usage=usage,
-            raw_text=text,
-            latency_s=latency,
-            model=getattr(response, "model", None) or self.model,
-            provider=self.provider,
-            extra={"finish_reason": finish, "id": getattr(response, "id", None)},
-        )
+        reply = parse_text_reply(text, reply_model, usage, truncated=finish == "length")
+        return completion(self, response, reply=reply, usage=usage, raw_text=text,
+                          latency=latency, extra={"finish_reason": finish})
