@@ -418,3 +418,25 @@ def test_python_placeholder_is_this_interpreter(in_tmp: Path) -> None:
     run(make_cfg(argv=["{python}", "-c", code]))
     exe = json.loads((in_tmp / "metrics.json").read_text())["exe"]
     assert Path(exe).resolve() == Path(sys.executable).resolve()
+
+
+@pytest.mark.slow
+def test_cli_command_line_only(tmp_path: Path) -> None:
+    """The docs/workloads.md form: argv, a new parameter and the metrics, all as overrides."""
+    script = REPO_ROOT / "examples" / "command" / "train_toy.py"
+    db = tmp_path / "s.db"
+    run_cli(
+        ["-m", "hpo.train", "--config-name", "command", "-m", "agent=none",
+         "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=sqlite:///{db}",
+         f'command.argv=["{{python}}","{script}","--lr={{params.lr}}","--epochs=2"]',
+         "+command.params.lr=tag(log, interval(1e-4, 1e-1))",
+         "command.metrics_file=metrics.json", "command.objective_key=val.acc",
+         "objective=val/acc"],
+        cwd=tmp_path, env=clean_env(), timeout=300,
+    )
+    study = optuna.load_study(study_name="command", storage=f"sqlite:///{db}")
+    assert study.metric_names == ["val/acc"]
+    for t in study.trials:
+        assert t.state.name == "COMPLETE" and 0.0 < t.value <= 1.0
+        log_text = (Path(t.user_attrs["hpo:output_dir"]) / "command.log").read_text()
+        assert f"--lr={t.params['command.params.lr']!r}" in log_text
