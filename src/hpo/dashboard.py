@@ -40,11 +40,11 @@ def serve(storage_url: str, *, host: str = "127.0.0.1", port: int = 8080) -> Non
     """
     import optuna_dashboard
 
-    from hpo.report import check_storage_exists
+    from hpo.storage import require_existing
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is invalid: use a port number in 1..65535")
-    check_storage_exists(storage_url)
+    require_existing(storage_url)
     storage = open_storage(storage_url)
     store = artifact_store_for(storage_url)
     where = artifact_dir_for(storage_url)

@@ -38,10 +38,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import ConfigError, HPOError
-from hpo.storage import JOURNAL_PREFIX, open_storage, redact_url
+from hpo.storage import load_existing_study, open_existing
 
 __all__ = [
-    "Report", "build_report", "check_storage_exists", "leaderboard_rows", "load_study", "main",
+    "Report", "build_report", "leaderboard_rows", "load_study", "main",
     "objective_names",
 ]
 
@@ -90,54 +90,7 @@ def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
     Raises:
         ConfigError: The storage cannot be opened, or it holds no such study.
     """
-    check_storage_exists(storage_url)
-    storage = open_storage(storage_url)
-    try:
-        names = [s.study_name for s in storage.get_all_studies()]
-    except Exception as exc:  # a file that is no database, a server that went away
-        raise ConfigError(
-            f"cannot read storage {redact_url(storage_url)!r}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''} (check the URL)"
-        ) from exc
-    if study_name is None:
-        if len(names) != 1:
-            raise ConfigError(
-                f"storage {redact_url(storage_url)!r} holds {len(names)} studies "
-                f"({_names_list(names)}): pick one with --study NAME"
-            )
-        study_name = names[0]
-    if study_name not in names:
-        raise ConfigError(
-            f"study {study_name!r} is not in storage {redact_url(storage_url)!r}: "
-            f"use one of {_names_list(names)}"
-        )
-    return optuna.load_study(study_name=study_name, storage=storage)
-
-
-def check_storage_exists(url: str) -> None:
-    """Raise unless the SQLite or journal file of ``url`` exists (server URLs pass).
-
-    Readers (report, dashboard) must not create an empty database at a mistyped path.
-
-    Raises:
-        ConfigError: The file is missing.
-    """
-    path: str | None = None
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path in ("", ":memory:"):
-            path = None
-    elif url.startswith(JOURNAL_PREFIX):
-        path = url[len(JOURNAL_PREFIX):]
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"storage file {path!r} does not exist: check --storage {url}")
-
-
-def _names_list(names: Sequence[str]) -> str:
-    if not names:
-        return "none: the storage is empty"
-    shown = ", ".join(repr(n) for n in names[:10])
-    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return load_existing_study(open_existing(storage_url), storage_url, study_name)
 
 
 # ---------------------------------------------------------------------------- leaderboard

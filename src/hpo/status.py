@@ -28,7 +28,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -36,7 +35,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import ConfigError, HPOError
-from hpo.storage import JOURNAL_PREFIX, open_storage, redact_url
+from hpo.storage import load_existing_study, open_existing
 
 __all__ = [
     "SlurmJobState",
@@ -70,54 +69,12 @@ class SlurmJobState:
 
 
 # ------------------------------------------------------------------------------ storage
-def _check_file_exists(url: str) -> None:
-    """Status never creates a database: a missing SQLite or journal file is an error."""
-    path: str | None = None
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path in ("", ":memory:"):
-            path = None
-    elif url.startswith(JOURNAL_PREFIX):
-        path = url[len(JOURNAL_PREFIX):]
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"storage file {path!r} does not exist: check --storage {url}")
-
-
 def _open(url: str) -> optuna.storages.BaseStorage:
-    _check_file_exists(url)
-    storage = open_storage(url)
-    try:
-        storage.get_all_studies()
-    except Exception as exc:  # not a database, a server that went away
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(
-            f"cannot read storage {redact_url(url)!r}: {type(exc).__name__}: {first} "
-            "(check the URL, the server and its credentials)"
-        ) from exc
-    return storage
+    return open_existing(url)
 
 
 def _load(storage: optuna.storages.BaseStorage, url: str, name: str | None) -> optuna.Study:
-    names = [s.study_name for s in storage.get_all_studies()]
-    if name is None:
-        if len(names) != 1:
-            raise ConfigError(
-                f"storage {redact_url(url)!r} holds {len(names)} studies ({_names(names)}): "
-                "pick one with --study NAME"
-            )
-        name = names[0]
-    if name not in names:
-        raise ConfigError(
-            f"study {name!r} is not in storage {redact_url(url)!r}: use one of {_names(names)}"
-        )
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def _names(names: Sequence[str]) -> str:
-    if not names:
-        return "none: the storage is empty"
-    shown = ", ".join(repr(n) for n in names[:10])
-    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return load_existing_study(storage, url, name)
 
 
 # ------------------------------------------------------------------------------ SLURM

@@ -77,3 +77,58 @@ def _with_installed_driver(url: str) -> str:
         if importlib.util.find_spec("psycopg") is None:
             return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url
+
+
+def require_existing(url: str) -> None:
+    """Raise unless the SQLite or journal file of ``url`` exists (server URLs pass).
+
+    Readers (report, status, dashboard) must not create an empty database at a mistyped path.
+    """
+    path: str | None = None
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path in ("", ":memory:"):
+            path = None
+    elif url.startswith(JOURNAL_PREFIX):
+        path = url[len(JOURNAL_PREFIX):]
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"storage file {path!r} does not exist: check --storage {url}")
+
+
+def open_existing(url: str) -> BaseStorage:
+    """Open an existing storage for reading; one clear line when it cannot be read."""
+    require_existing(url)
+    storage = open_storage(url)
+    try:
+        storage.get_all_studies()
+    except Exception as exc:  # a file that is no database, a server that went away
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"cannot read storage {redact_url(url)!r}: {type(exc).__name__}: {first} "
+            "(check the URL, the server and its credentials)"
+        ) from exc
+    return storage
+
+
+def load_existing_study(storage: BaseStorage, url: str, name: str | None) -> optuna.Study:
+    """Study ``name`` of ``storage`` (None: its only study); one clear line when absent."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name is None:
+        if len(names) != 1:
+            raise ConfigError(
+                f"storage {redact_url(url)!r} holds {len(names)} studies ({_names(names)}): "
+                "pick one with --study NAME"
+            )
+        name = names[0]
+    if name not in names:
+        raise ConfigError(
+            f"study {name!r} is not in storage {redact_url(url)!r}: use one of {_names(names)}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _names(names: list[str]) -> str:
+    if not names:
+        return "none: the storage is empty"
+    shown = ", ".join(repr(n) for n in names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
