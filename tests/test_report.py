@@ -7,7 +7,6 @@ import csv
 import io
 import math
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -262,10 +261,3 @@ def test_diagram_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert "consultant_a <-->" in (tmp_path / "chain.mmd").read_text()
     assert hpo.diagram.main(["--agent", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: agent preset 'nope' is unknown")
-
-
-@pytest.mark.skipif(shutil.which("mmdc") is None, reason="the Mermaid CLI (mmdc) is not installed")
-def test_diagram_png_with_mmdc(tmp_path: Path) -> None:
-    png = tmp_path / "chain.png"
-    assert hpo.diagram.main(["--png", str(png)]) == 0
-    _png_ok(png)
