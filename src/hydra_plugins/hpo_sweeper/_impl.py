@@ -295,6 +295,30 @@ class HPOSweeperImpl(Sweeper):
             )
         return specs
 
+    def _validation_points(self, specs: list[ParamSpec]) -> list[dict[str, Any]]:
+        """Parameter values to compose the config with before anything runs.
+
+        One point with every unconditional parameter; then, for each condition, a point where
+        it holds, with the parameters it enables (e.g. model=cnn with model.net.channels), so
+        every key is checked in a config where it exists.
+        """
+        rep = {s.name: _representative(s) for s in specs}
+        base = {n: v for n, v in rep.items() if n not in self.conditions}
+        points = [base]
+        branches: dict[tuple[str, str], list[str]] = {}
+        for param, (other, values) in self.conditions.items():
+            for value in sorted(values):
+                branches.setdefault((other, value), []).append(param)
+        dists = {s.name: s.distribution for s in specs}
+        for (other, value), params in branches.items():
+            point = dict(base)
+            choice = next((c for c in getattr(dists[other], "choices", ()) if str(c) == value),
+                          value)
+            point[other] = choice
+            point.update({p: rep[p] for p in params})
+            points.append(point)
+        return points
+
     def _parse_conditions(self, specs: list[ParamSpec]) -> dict[str, tuple[str, set[str]]]:
         """``{param: "other=v1,v2"}`` -> ``{param: (other, {"v1", "v2"})}``, checked."""
         names = {s.name: s for s in specs}
@@ -454,9 +478,8 @@ class HPOSweeperImpl(Sweeper):
         self.conditions = self._parse_conditions(specs)
         objective_names = self._objective_names()
         distributions = {s.name: s.distribution for s in specs}
-        self._validate_composition(
-            self._trial_overrides({s.name: _representative(s) for s in specs}, searched, fixed)
-        )
+        for values in self._validation_points(specs):
+            self._validate_composition(self._trial_overrides(values, searched, fixed))
 
         if self.dry_run:
             return self._dry_run(specs, searched, fixed, objective_names)
