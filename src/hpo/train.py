@@ -257,11 +257,7 @@ def fit(cfg: DictConfig) -> float | list[float]:
     sched_cfg = cfg.get("scheduler")
     scheduler = instantiate(sched_cfg) if sched_cfg and "_target_" in sched_cfg else None
     model = instantiate(
-        cfg.model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        input_shape=tuple(datamodule.input_shape),
-        num_classes=int(datamodule.num_classes),
+        cfg.model, optimizer=optimizer, scheduler=scheduler, **model_kwargs(datamodule)
     )
     loggers: list[Any] = [CSVLogger(save_dir=str(out_dir), name="csv", version="")]
     if (cfg.get("logger") or {}).get("tensorboard"):
@@ -304,6 +300,18 @@ def fit(cfg: DictConfig) -> float | list[float]:
     if any(not math.isfinite(v) for v in values):
         log.warning("objective is not finite: %s", shown)
     return values[0] if len(values) == 1 else values
+
+
+def model_kwargs(datamodule: Any) -> dict[str, Any]:
+    """What the model needs from the data: the data module's ``model_kwargs()`` when it has
+    one (e.g. forecasting: input_dim, input_len, pred_len, ...), else the classifier's."""
+    hook = getattr(datamodule, "model_kwargs", None)
+    if callable(hook):
+        return dict(hook())
+    return {
+        "input_shape": tuple(datamodule.input_shape),
+        "num_classes": int(datamodule.num_classes),
+    }
 
 
 def _simulated_oom_callback(limit: int, batch_size: int) -> Any:

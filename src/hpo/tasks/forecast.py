@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from hpo.errors import ConfigError, MetricNotFoundError
+from hpo.errors import ConfigError
 
 __all__ = ["ForecastModule", "run"]
 
@@ -224,57 +224,10 @@ def _output_dir() -> Path:
 def run(cfg: DictConfig) -> float | list[float]:
     """Train the forecaster of ``cfg`` once; return the objective value(s).
 
-    The task function of ``conf/forecast.yaml`` (``task._target_``). Builds ``cfg.data`` (a
-    :class:`~hpo.tasks.series.SeriesDataModule`), ``cfg.optimizer``, ``cfg.scheduler`` and
-    ``cfg.model`` (a :class:`ForecastModule`, given the data module's shapes), trains with the
-    callbacks of :func:`hpo.train.build_callbacks` (Optuna reporting and pruning, metrics files,
-    early stopping, best checkpoint) and returns the metrics named by ``objective`` measured on
-    the best checkpoint.
-
-    Args:
-        cfg: The whole job config.
-
-    Returns:
-        One float, or a list of floats for several objectives.
+    The same path as every Lightning task (:func:`hpo.train.fit_with_oom_stepdown`: Optuna
+    reporting and pruning, metrics files, early stopping, best checkpoint, OOM step-down,
+    resume); the model gets its shapes from :meth:`SeriesDataModule.model_kwargs`.
     """
-    from hydra.utils import instantiate
-    from lightning.pytorch.loggers import CSVLogger
+    from hpo.train import fit_with_oom_stepdown
 
-    from hpo.train import _quiet_lightning, build_callbacks, objective_names
-
-    _quiet_lightning()
-    objectives = objective_names(cfg)
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
-    out_dir = _output_dir()
-    datamodule = instantiate(cfg.data)
-    optimizer = instantiate(cfg.optimizer)
-    sched_cfg = cfg.get("scheduler")
-    scheduler = instantiate(sched_cfg) if sched_cfg and "_target_" in sched_cfg else None
-    model = instantiate(
-        cfg.model, optimizer=optimizer, scheduler=scheduler,
-        input_dim=int(datamodule.input_dim), time_dim=int(datamodule.time_dim),
-        input_len=int(datamodule.input_len), pred_len=int(datamodule.pred_len),
-        target_index=int(datamodule.target_index),
-    )
-    trainer = instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg, out_dir, objectives),
-        logger=[CSVLogger(save_dir=str(out_dir), name="csv", version="")],
-        default_root_dir=str(out_dir),
-    )
-    trainer.fit(model, datamodule=datamodule)
-    metrics = dict(trainer.callback_metrics)
-    best_path = getattr(trainer.checkpoint_callback, "best_model_path", None)
-    if trainer.checkpoint_callback is not None and best_path:
-        (best,) = trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False)
-        metrics.update(best)
-    values = []
-    for name in objectives:
-        if name not in metrics:
-            raise MetricNotFoundError(
-                f"objective metric {name!r} is never logged; logged metrics: "
-                f"{', '.join(sorted(metrics))}; set objective= to one of them"
-            )
-        values.append(float(metrics[name]))
-    shown = ", ".join(f"{n}={v:.6g}" for n, v in zip(objectives, values, strict=True))
-    print(f"objective: {shown}", flush=True)
-    return values[0] if len(values) == 1 else values
+    return fit_with_oom_stepdown(cfg)

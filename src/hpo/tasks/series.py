@@ -294,6 +294,16 @@ class SeriesDataModule(L.LightningDataModule):
                               "ETTh1 layout date,HUFL,...,OT")
         return [c.strip() for c in header[1:]]
 
+    def model_kwargs(self) -> dict[str, int]:
+        """The shapes a forecasting model is built with (see :func:`hpo.train.model_kwargs`)."""
+        return {
+            "input_dim": int(self.input_dim),
+            "time_dim": int(self.time_dim),
+            "input_len": int(self.input_len),
+            "pred_len": int(self.pred_len),
+            "target_index": int(self.target_index),
+        }
+
     def load(self) -> tuple[list[str], list[str], np.ndarray]:
         """The raw series: ``(dates, columns, values)``."""
         if self.synthetic:
