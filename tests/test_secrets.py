@@ -1,0 +1,160 @@
+"""Fault matrix, secrets (issue 5 item 7): the API key never reaches a file, storage or a log.
+
+A full CLI sweep (``python -m hpo.train -m agent=openai``, default ``outputs/`` layout, reply
+cache on, Markdown prompt copies on) runs with a random canary key against the fake LLM server,
+which echoes the key back wherever a careless or hostile server could: in error bodies (as
+OpenAI's own 401/400 messages do), in a reply's rationale and diagnosis, and in a malformed
+reply. Then every file under the run's directory (sweep dir, .hydra, logs, checkpoints, prompt
+dumps, LLM cache, the SQLite file and its artifact store), every attribute and note in storage,
+and the captured stdout/stderr are searched: the canary never appears.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from conftest import clean_env, run_cli
+from hpo.testing import FakeLLMServer, FakeReply, RecordedRequest
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.slow
+
+P1 = {"optimizer.lr": 0.003, "optimizer.weight_decay": 0.0002, "data.batch_size": 32,
+      "model.label_smoothing": 0.05, "optimizer": "adam"}
+P2 = {"optimizer.lr": 0.02, "optimizer.weight_decay": 1e-05, "data.batch_size": 128,
+      "model.label_smoothing": 0.1, "optimizer": "sgd"}
+
+
+@dataclass
+class Leaky:
+    """Responder whose every answer carries the key it was sent."""
+
+    proposer: list[str]
+
+    def __call__(self, req: RecordedRequest) -> Any:
+        key = req.api_key or ""
+        if req.system.startswith("You are the analyst"):
+            return {"diagnosis": f"the run used key {key}", "findings": [f"key={key}"],
+                    "recommendations": []}
+        if not req.system.startswith("You are the proposer"):
+            return None
+        what = self.proposer.pop(0) if self.proposer else "ok2"
+        if what == "400":
+            return FakeReply(status=400, error_message=f"Incorrect API key provided: {key}.")
+        if what == "429":
+            return FakeReply(status=429, headers={"retry-after-ms": "20"},
+                             error_message=f"Rate limit reached for key {key}")
+        if what == "malformed":
+            return FakeReply(text=f"Sorry, I lost the JSON. Your key is {key}.")
+        params = P1 if what == "ok1" else P2
+        return FakeReply(json_obj={
+            "proposals": [{"params": params, "rationale": f"because {key} said so"}],
+            "diagnosis": f"diagnosis mentioning {key}",
+        })
+
+
+@dataclass
+class Run:
+    canary: str
+    root: Path
+    output: str
+    study: optuna.Study
+    requests: list[RecordedRequest]
+
+
+@pytest.fixture(scope="module")
+def canary_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    canary = f"sk-canary-{secrets.token_hex(12)}"
+    root = tmp_path_factory.mktemp("secrets")
+    with FakeLLMServer() as server:
+        server.responder = Leaky(["400", "429", "ok1", "malformed", "ok2"])
+        env = clean_env(OPENAI_API_KEY=canary, OPENAI_BASE_URL=server.openai_base_url)
+        proc = run_cli(
+            ["-m", "hpo.train", "-m", "agent=openai", "agent.max_retries=1", "agent.cache=true",
+             "agent.dump_dir=outputs/prompts", "trainer=debug", "hydra.sweeper.n_trials=6",
+             "hydra.sweeper.seed=0"],
+            cwd=root, env=env, timeout=600,
+        )
+        requests = server.requests
+    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{root / 'outputs/hpo.db'}")
+    yield Run(canary=canary, root=root, output=proc.stdout + proc.stderr, study=study,
+              requests=requests)
+
+
+def needles(canary: str) -> list[bytes]:
+    # the whole key, and its random part alone (a partial echo such as "sk-canary-1a2b...")
+    return [canary.encode(), canary.removeprefix("sk-canary-").encode()]
+
+
+def test_the_canary_was_really_used(canary_run: Run) -> None:
+    assert canary_run.requests, "no LLM request was made"
+    assert {r.api_key for r in canary_run.requests} == {canary_run.canary}
+    sources = [t.user_attrs.get("hpo:source") for t in canary_run.study.trials]
+    assert "llm" in sources and "fallback" in sources
+    files = {p.relative_to(canary_run.root).parts[:2] for p in canary_run.root.rglob("*")}
+    for where in [("outputs", "hpo.db"), ("outputs", "sweeps"), ("outputs", ".llm_cache"),
+                  ("outputs", "prompts")]:
+        assert where in files, f"{'/'.join(where)} was not written"
+    assert list((canary_run.root / "outputs/sweeps/hpo/llm").glob("call-*.json"))
+
+
+def leaks(run: Run, under: str = "") -> list[str]:
+    found = []
+    for path in sorted((run.root / under).rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if any(n in data for n in needles(run.canary)):
+                found.append(str(path.relative_to(run.root)))
+    return found
+
+
+# the LLM reply cache and the chain's Markdown prompt copies: tested on their own below
+OWN_TESTS = ("outputs/.llm_cache/", "outputs/prompts/")
+
+
+def test_no_file_under_the_run_holds_the_canary(canary_run: Run) -> None:
+    found = [p for p in leaks(canary_run) if not p.startswith(OWN_TESTS)]
+    assert not found, f"the canary key leaked into {found}"
+
+
+@pytest.mark.xfail(strict=True, reason="hpo.agents.chain._ChainBase._dump writes the prompt and "
+                   "raw reply without hpo.samplers.redact (reported to the lead)")
+def test_markdown_prompt_copies_hold_no_canary(canary_run: Run) -> None:
+    found = leaks(canary_run, "outputs/prompts")
+    assert not found, f"the canary key leaked into {found}"
+
+
+@pytest.mark.xfail(strict=True, reason="hpo.agents.cache.CachingClient stores replies without "
+                   "redacting secrets (reported to the lead)")
+def test_reply_cache_holds_no_canary(canary_run: Run) -> None:
+    found = leaks(canary_run, "outputs/.llm_cache")
+    assert not found, f"the canary key leaked into {found}"
+
+
+def test_storage_holds_no_canary(canary_run: Run) -> None:
+    study = canary_run.study
+    storage = study._storage
+    blobs: dict[str, Any] = {
+        "study user attrs": study.user_attrs,
+        "study system attrs (dashboard notes)": storage.get_study_system_attrs(study._study_id),
+    }
+    for t in study.trials:
+        blobs[f"trial {t.number} user attrs"] = t.user_attrs
+        blobs[f"trial {t.number} system attrs"] = t.system_attrs
+    for where, blob in blobs.items():
+        text = json.dumps(blob, default=str)
+        for n in needles(canary_run.canary):
+            assert n.decode() not in text, f"the canary key leaked into {where}"
+
+
+def test_stdout_and_stderr_hold_no_canary(canary_run: Run) -> None:
+    for n in needles(canary_run.canary):
+        assert n.decode() not in canary_run.output
