@@ -191,14 +191,7 @@ TRAILING_COMMA = json.dumps(reply(GOOD))[:-1] + ",}"
     [
         pytest.param(FENCED, id="fences"),
         pytest.param(PROSE, id="prose"),
-        pytest.param(
-            TRAILING_COMMA, id="trailing_comma",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="hpo.llm.parsing.extract_json_objects skips the trailing-comma repair "
-                "when an inner object (the params dict) decodes (reported to the lead)",
-            ),
-        ),
+        pytest.param(TRAILING_COMMA, id="trailing_comma"),
     ],
 )
 def test_json_in_prose_or_fences_is_accepted(
@@ -393,11 +386,6 @@ def test_injection_in_stored_attrs_stays_quoted_data(llm: FakeLLMServer, tmp_pat
     assert_finished_inside_space(study)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metric names are rendered in <objectives>, which _data_rules.md does not name as "
-    "a data block (reported to the lead)",
-)
 def test_injection_in_metric_names_stays_in_data_blocks(
     llm: FakeLLMServer, tmp_path: Path
 ) -> None:

@@ -119,11 +119,6 @@ def test_journal_eight_drivers_lose_no_tell(journal_run: Run) -> None:
     assert_no_lost_tells(journal_run, N_TRIALS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drivers re-count the shared budget only every 10 asks: 8 drivers overshoot "
-    "n_trials by more than their slots (reported to the lead)",
-)
 def test_journal_eight_drivers_stop_near_the_budget(journal_run: Run) -> None:
     assert_stops_near_budget(journal_run, N_TRIALS, N_DRIVERS)
 
@@ -179,21 +174,11 @@ def test_postgres_eight_drivers_lose_no_tell(postgres_run: Run) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="drivers re-count the shared budget only every 10 asks: 8 drivers overshoot "
-    "n_trials by more than their slots (reported to the lead)",
-)
 def test_postgres_eight_drivers_stop_near_the_budget(postgres_run: Run) -> None:
     assert_stops_near_budget(postgres_run, N_TRIALS, N_DRIVERS)
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="hpo.storage.open_storage: concurrent first use of an empty PostgreSQL database "
-    "races on Optuna's schema creation (UniqueViolation / DuplicateTable) (reported to the lead)",
-)
 def test_postgres_drivers_starting_together_on_an_empty_database(
     postgres_url: str, tmp_path: Path
 ) -> None:

@@ -125,15 +125,11 @@ def test_no_file_under_the_run_holds_the_canary(canary_run: Run) -> None:
     assert not found, f"the canary key leaked into {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="hpo.agents.chain._ChainBase._dump writes the prompt and "
-                   "raw reply without hpo.samplers.redact (reported to the lead)")
 def test_markdown_prompt_copies_hold_no_canary(canary_run: Run) -> None:
     found = leaks(canary_run, "outputs/prompts")
     assert not found, f"the canary key leaked into {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="hpo.agents.cache.CachingClient stores replies without "
-                   "redacting secrets (reported to the lead)")
 def test_reply_cache_holds_no_canary(canary_run: Run) -> None:
     found = leaks(canary_run, "outputs/.llm_cache")
     assert not found, f"the canary key leaked into {found}"

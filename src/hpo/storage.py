@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import optuna
@@ -12,46 +14,59 @@ from hpo.errors import ConfigError
 JOURNAL_PREFIX = "journal://"
 
 
-def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None) -> BaseStorage:
+def open_storage(url: str | None) -> BaseStorage:
     """An Optuna storage for ``url``.
 
     Forms: ``sqlite:///path.db``, ``postgresql://user@host/db``, ``mysql://...``,
     ``journal:///path/to/file.log`` (Optuna's JournalStorage with a file backend, good for many
     workers on a shared file system), ``memory`` or ``None`` (in-memory, nothing persisted).
+
+    Raises:
+        ConfigError: One line naming the URL (password hidden) and what to check.
     """
     if url is None or url in ("", "memory", "inmemory", "in-memory"):
         return optuna.storages.InMemoryStorage()
-    if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise ConfigError(
             f"storage URL {url!r} is not a URL: use sqlite:///path/hpo.db, "
             "postgresql://user@host/db, journal:///path/hpo.log or memory"
         )
-    if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///"):]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-    url = _with_installed_driver(url)
-    kwargs: dict[str, object] = {}
-    if heartbeat_interval:
-        kwargs["heartbeat_interval"] = heartbeat_interval
-        if grace_period:
-            kwargs["grace_period"] = grace_period
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"pool_pre_ping": True}, **kwargs  # type: ignore[arg-type]
-        )
-    except Exception as exc:  # SQLAlchemy raises many types; all mean "can't open it"
+        if url.startswith(JOURNAL_PREFIX):
+            path = Path(url[len(JOURNAL_PREFIX):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            db = url[len("sqlite:///"):].split("?", 1)[0]
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+        return _rdb_storage(_with_installed_driver(url))
+    except Exception as exc:  # OSError, SQLAlchemy's many types: all mean "can't open it"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(
-            f"cannot open storage {redact_url(url)!r}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0]} (check the URL, the server and its credentials)"
+            f"cannot open storage {redact_url(url)!r}: {type(exc).__name__}: {first} "
+            "(check the URL, the path's folder, the server and its credentials)"
         ) from exc
+
+
+def _rdb_storage(url: str) -> BaseStorage:
+    # Several drivers starting at once on an empty database race to create Optuna's schema
+    # (duplicate table / unique violation / alembic_version): the losers retry after a pause.
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:
+            text = f"{type(exc).__name__} {exc}".lower()
+            racing = any(k in text for k in (
+                "already exists", "duplicate", "uniqueviolation", "unique constraint",
+                "alembic_version", "integrityerror", "database is locked",
+            ))
+            if not racing or attempt == 5:
+                raise
+            time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def redact_url(url: str) -> str:

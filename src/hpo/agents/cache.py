@@ -136,6 +136,8 @@ class CachingClient:
         )
 
     def _write(self, path: Path, completion: Completion[Any]) -> None:
+        from hpo.secrets import redact_obj
+
         entry = {
             "provider": completion.provider,
             "model": completion.model,
@@ -152,7 +154,7 @@ class CachingClient:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh, ensure_ascii=False, indent=1)
+                json.dump(redact_obj(entry), fh, ensure_ascii=False, indent=1)
             os.replace(tmp, path)
         except OSError as exc:  # a cache that cannot write must not fail the sweep
             logger.warning("LLM cache cannot write %s: %s", path, exc)

@@ -40,6 +40,7 @@ from hpo.agents.models import (
 )
 from hpo.agents.prompts import PromptSet
 from hpo.llm.base import LLMClient, LLMError, Message, Usage
+from hpo.secrets import redact
 from hpo.space import ParamSpec
 
 __all__ = [
@@ -432,7 +433,7 @@ class _ChainBase:
         body += ["", "## reply (raw)", "", record.raw_text, ""]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(body), encoding="utf-8")
+            path.write_text(redact("\n".join(body)), encoding="utf-8")
         except OSError as exc:
             logger.warning("cannot dump prompt to %s: %s", path, exc)
 

@@ -196,6 +196,14 @@ def build_chain(
         )
     cfg = dict(agent_cfg)
     _check_keys(cfg, _KNOWN_KEYS, "agent config")
+    # checked before deciding there is no LLM, so a typo never passes silently
+    chain_name = str(cfg.get("chain") or "diagnose").strip().lower()
+    if chain_name not in CHAINS:
+        raise ConfigError(
+            f"agent.chain={chain_name!r} is unknown: use one of {', '.join(CHAINS)}"
+        )
+    temperature = _num(cfg, "temperature", low=0.0, high=2.0)
+    _num(cfg, "fallback_share", low=0.0, high=1.0)
     provider = str(cfg.get("provider") or "none").strip().lower()
     if provider in ("none", "null", "off", "false"):
         return None
@@ -210,13 +218,6 @@ def build_chain(
             return None
         provider = found
 
-    chain_name = str(cfg.get("chain") or "diagnose").strip().lower()
-    if chain_name not in CHAINS:
-        raise ConfigError(
-            f"agent.chain={chain_name!r} is unknown: use one of {', '.join(CHAINS)}"
-        )
-    temperature = _num(cfg, "temperature", low=0.0, high=2.0)
-    _num(cfg, "fallback_share", low=0.0, high=1.0)
 
     cache = bool(cfg.get("cache", False))
     cache_dir = _path(cfg.get("cache_dir") or "outputs/.llm_cache")

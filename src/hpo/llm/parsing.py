@@ -62,10 +62,11 @@ def extract_json_objects(text: str) -> list[Any]:
         Decoded JSON values (usually dicts), most likely first; empty when none decodes.
     """
     found = _decode_candidates(text)
-    if not any(isinstance(obj, dict) for obj in found):
-        repaired = _TRAILING_COMMA.sub(r"\1", text)
-        if repaired != text:
-            found.extend(_decode_candidates(repaired))
+    # repair even when something decoded: with "{..., {inner},}" only the inner object does,
+    # and the caller validates candidates in order, so the repaired ones come last
+    repaired = _TRAILING_COMMA.sub(r"\1", text)
+    if repaired != text:
+        found.extend(obj for obj in _decode_candidates(repaired) if obj not in found)
     return found
 
 

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from hpo.samplers._llm import LLMSampler
-from hpo.samplers._redact import redact, redact_obj
+from hpo.secrets import redact, redact_obj
 
 __all__ = ["LLMSampler", "redact", "redact_obj"]

@@ -32,7 +32,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.llm.base import LLMError, LLMMalformedReply, Usage
-from hpo.samplers._redact import redact, redact_obj
+from hpo.secrets import redact, redact_obj
 from hpo.space import ParamSpec, check_value, clamp_value
 
 if TYPE_CHECKING:
@@ -628,6 +628,12 @@ class LLMSampler(BaseSampler):
         call_id = self._account(study, trial, spent)
 
         kept, dropped = self._deduplicate(study, candidates, search_space)
+        if len(kept) > self._batch_size:
+            # a reply with more proposals than asked for: they would be used long after the
+            # history they were made from; keep the batch, the rest are dropped (recorded)
+            dropped += [f"proposal {c.index}: beyond n_proposals={self._batch_size}"
+                        for c in kept[self._batch_size:]]
+            kept = kept[: self._batch_size]
         for note in dropped:
             _logger.info("Dropped %s", note)
         n = len(kept)

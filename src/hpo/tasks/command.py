@@ -686,7 +686,7 @@ class _Pump(threading.Thread):
 
 
 def _secret_values() -> list[str]:
-    from hpo.samplers._redact import secret_values
+    from hpo.secrets import secret_values
 
     return secret_values()
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import threading
 import time
 import warnings
@@ -134,25 +135,10 @@ class HPOSweeperImpl(Sweeper):
         dry_run: bool = False,
         progress: bool = True,
     ) -> None:
-        if not isinstance(n_trials, int) or n_trials < 1:
-            raise ConfigError(
-                f"hydra.sweeper.n_trials={n_trials!r} must be an integer >= 1 "
-                "(the total number of trials the study should hold)"
-            )
-        if not isinstance(n_jobs, int) or n_jobs < 1:
-            raise ConfigError(
-                f"hydra.sweeper.n_jobs={n_jobs!r} must be an integer >= 1 (parallel slots)"
-            )
-        if not 0.0 <= float(max_failure_rate) <= 1.0:
-            raise ConfigError(
-                f"hydra.sweeper.max_failure_rate={max_failure_rate!r} must be within [0, 1]"
-            )
-        if heartbeat_interval_s < 0 or heartbeat_grace_s < heartbeat_interval_s:
-            raise ConfigError(
-                f"hydra.sweeper.heartbeat_grace_s={heartbeat_grace_s} must be >= "
-                f"heartbeat_interval_s={heartbeat_interval_s} >= 0"
-            )
-        self.directions = self._parse_directions(direction)
+        # validated in sweep(): an error raised here would reach the user wrapped in Hydra's
+        # instantiate message (three lines), not as one line
+        self.direction_cfg = direction
+        self.directions: list[str] = []
         self.storage_url = storage
         self.study_name = str(study_name)
         self.n_trials = n_trials
@@ -170,7 +156,7 @@ class HPOSweeperImpl(Sweeper):
         self.max_retries = max_retries
         self.dry_run = dry_run
         self.progress = progress
-        self.pruner = self._build_pruner(pruner)  # validate early
+        self.pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
@@ -179,6 +165,28 @@ class HPOSweeperImpl(Sweeper):
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ setup / validation
+    def _validate(self) -> None:
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(
+                f"hydra.sweeper.n_trials={self.n_trials!r} must be an integer >= 1 "
+                "(the total number of trials the study should hold)"
+            )
+        if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+            raise ConfigError(
+                f"hydra.sweeper.n_jobs={self.n_jobs!r} must be an integer >= 1 (parallel slots)"
+            )
+        if not 0.0 <= float(self.max_failure_rate) <= 1.0:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate={self.max_failure_rate!r} must be within [0, 1]"
+            )
+        if self.heartbeat_interval_s < 0 or self.heartbeat_grace_s < self.heartbeat_interval_s:
+            raise ConfigError(
+                f"hydra.sweeper.heartbeat_grace_s={self.heartbeat_grace_s} must be >= "
+                f"heartbeat_interval_s={self.heartbeat_interval_s} >= 0"
+            )
+        self.directions = self._parse_directions(self.direction_cfg)
+        self.pruner = self._build_pruner(self.pruner_cfg)
+
     @staticmethod
     def _parse_directions(direction: Any) -> list[str]:
         raw = list(direction) if isinstance(direction, list | tuple | Sequence) and not isinstance(
@@ -473,6 +481,7 @@ class HPOSweeperImpl(Sweeper):
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
+        self._validate()
         searched, fixed = self._search_space(arguments)
         specs = self._param_specs(searched)
         self.conditions = self._parse_conditions(specs)
@@ -484,9 +493,11 @@ class HPOSweeperImpl(Sweeper):
         if self.dry_run:
             return self._dry_run(specs, searched, fixed, objective_names)
 
+        # everything that can fail on bad input comes before the storage is opened
+        sampler = self._build_sampler(specs, objective_names)
+        self._check_sweep_dir()
         url = self._storage_url()
         storage = open_storage(url)
-        sampler = self._build_sampler(specs, objective_names)
         try:
             study = optuna.create_study(
                 storage=storage,
@@ -530,6 +541,19 @@ class HPOSweeperImpl(Sweeper):
         self._recover_orphans(study)
         run = _SweepRun(self, study, sampler, searched, fixed, objective_names)
         return run.loop()
+
+    def _check_sweep_dir(self) -> None:
+        assert self.config is not None
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=sweep_dir, prefix=".hpo-write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"hydra.sweep.dir={str(sweep_dir)!r} is not writable ({exc.strerror or exc}): "
+                "point hydra.sweep.dir at a folder you can write"
+            ) from exc
 
     def _check_distributions(
         self, study: optuna.Study, distributions: dict[str, BaseDistribution]
@@ -636,10 +660,19 @@ class _SweepRun:
         self._beat_stop = threading.Event()
         self.progress = _make_progress(self)
         self.sampler_exhausted = False
+        self._shared = False
         folds = OmegaConf.select(sweeper.config, "cv.folds", default=1) if sweeper.config else 1
         self.folds = int(folds or 1)
         if self.folds > 1:
             log.info("k-fold cross-validation: each trial runs as %d fold jobs", self.folds)
+
+    def _other_drivers(self) -> bool:
+        """Whether another driver (alive, or on another host) works on this study."""
+        drivers = self.study.user_attrs.get("hpo:drivers", [])
+        return any(
+            d != self.driver and _driver_alive(d) is not False
+            for d in drivers if isinstance(d, str)
+        )
 
     def _count_budget(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
@@ -701,8 +734,10 @@ class _SweepRun:
         while len(self.in_flight) < self.s.n_jobs and self.remaining() > 0:
             if self._stop_reason():
                 return
-            if self.n_asked % 10 == 0 or self.remaining() <= 2 * self.s.n_jobs:
-                # other drivers may share this study: the budget is the study's, re-count it
+            if self.n_asked % 10 == 0:
+                self._shared = self._other_drivers()
+            if self._shared or self.n_asked % 10 == 0 or self.remaining() <= 2 * self.s.n_jobs:
+                # the budget is the study's: with other drivers on it, re-count before each ask
                 self._budget_used = self._count_budget()
                 if self.remaining() <= 0:
                     return

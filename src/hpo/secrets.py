@@ -1,4 +1,5 @@
-"""Scrub secrets (API keys, tokens) out of text before it reaches a file, a log or storage."""
+"""Scrub secrets (API keys, tokens, passwords) out of text before it reaches a file, a log or
+storage. Shared by the sampler (prompt dumps, attrs), the agents (prompt copies, reply cache)."""
 
 from __future__ import annotations
 
