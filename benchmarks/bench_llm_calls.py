@@ -11,7 +11,7 @@ point at a loopback ``FakeLLMServer`` started here:
 Requests are counted on the server; ``LLM trials`` are those whose ``hpo:source`` is an LLM
 source (the first trial is the baseline: config defaults, no call). Usage::
 
-    python benchmarks/bench_llm_calls.py                 # k = 1, 4, 8; 48 trials
+    python benchmarks/bench_llm_calls.py                 # k = 1, 4, 8; 48 trials; 2 chains
     python benchmarks/bench_llm_calls.py --quick         # k = 1, 4; 12 trials
 """
 
@@ -109,7 +109,7 @@ def main() -> int:
     p.add_argument("--k", type=parse_ints, default=None,
                    help="comma-separated slot counts (default 1,4,8; --quick: 1,4)")
     p.add_argument("--trials", type=int, default=None, help="trials per run (default 48)")
-    p.add_argument("--chains", default="single",
+    p.add_argument("--chains", default="single,diagnose",
                    help="comma-separated chains (single, diagnose, consultants, planner)")
     p.add_argument("--drivers", default="sweeper,optimize",
                    help="comma-separated: sweeper (hpo's Hydra sweeper), optimize")
@@ -130,7 +130,7 @@ def main() -> int:
     table = Table(
         "LLM calls per trial with k slots",
         ["driver", "chain", "k", "trials", "LLM trials", "fallback/baseline", "chain calls",
-         "requests", "requests/trial", "target 1/k+0.05", "met"],
+         "calls/trial", "target 1/k+0.05", "met", "requests", "requests/trial"],
     )
     with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp, FakeLLMServer(seed=0) as server:
         saved = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
@@ -151,11 +151,11 @@ def main() -> int:
                         llm = sum(r["sources"][s] for s in LLM_SOURCES)
                         other = ", ".join(f"{s} {c}" for s, c in sorted(r["sources"].items())
                                           if s not in LLM_SOURCES) or "-"
-                        per = r["requests"] / r["trials"]
+                        per = r["calls"] / r["trials"]
                         target = 1 / k + 0.05
                         table.add("hpo sweeper" if driver == "sweeper" else "study.optimize",
-                                  chain, k, r["trials"], llm, other, r["calls"], r["requests"],
-                                  per, target, per <= target)
+                                  chain, k, r["trials"], llm, other, r["calls"], per, target,
+                                  per <= target, r["requests"], r["requests"] / r["trials"])
         finally:
             for key, v in saved.items():
                 if v is None:
@@ -163,8 +163,10 @@ def main() -> int:
                 else:
                     os.environ[key] = v
     table.notes += [
-        "requests: HTTP requests the fake server received (all roles); chain calls: distinct "
-        "hpo:llm_call ids on the trials (one per batch of proposals)",
+        "chain calls: distinct hpo:llm_call ids on the trials (one chain run per batch of k "
+        "proposals); requests: HTTP requests the fake server received, all roles (the diagnose "
+        "chain asks an analyst, then the proposer: 2 per call unless a rule verdict skips the "
+        "analyst)",
         "the sweeper runs jobs in-process (hydra/launcher=basic), so its k slots take turns; "
         "the asks still see k slots in flight",
     ]

@@ -34,6 +34,7 @@ from _common import (
 )
 
 CONF = REPO_ROOT / "conf"
+RESNET_BATCHES = 10  # ResNet-9 on 2 CPU cores: ~30 samples/s, so 10 batches of 64 per epoch
 
 
 def _timer_callback() -> Any:
@@ -154,6 +155,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs, the first is a warm-up "
                    "(default 3; --quick: 2)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size")
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="training/validation batches per epoch (default: all, resnet9: "
+                        f"{RESNET_BATCHES}; --quick: 3)")
     p.add_argument("--threads", type=parse_ints, default=None,
                    help="comma-separated torch intra-op thread counts to compare "
                         "(default: 1 and torch's default, the number of cores)")
@@ -172,7 +176,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     epochs = args.epochs or (2 if args.quick else 3)
-    limit = 3 if args.quick else None
+    limit = 3 if args.quick else args.max_batches
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     datas = [d.strip() for d in args.data.split(",") if d.strip()]
     default_threads = torch.get_num_threads()
@@ -192,8 +196,11 @@ def main() -> int:
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
                 progress(f"{model_name} on {data} ({args.accelerator}, {n_threads} threads)")
+                batches = limit
+                if batches is None and model_name == "resnet9":
+                    batches = RESNET_BATCHES
                 r = measure(model_name, data, epochs=epochs, batch_size=args.batch_size,
-                            limit_batches=limit, accelerator=args.accelerator)
+                            limit_batches=batches, accelerator=args.accelerator)
                 table.add(model_name,
                           "digits 1x8x8" if data == "digits" else "synthetic 3x32x32",
                           r["device"], n_threads, f"{r['params'] / 1e6:.2f} M",
