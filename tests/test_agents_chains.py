@@ -420,3 +420,19 @@ def test_agent_yaml_files_build(monkeypatch):
             assert chain is None
         else:
             assert chain is not None and chain.name == "diagnose", path.name
+
+
+def test_anthropic_researcher_gets_the_web_search_tool(server, studies, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.anthropic_base_url)
+    result = build_chain(_cfg(provider="claude", researcher=True)).propose(
+        _view(studies["mixed"])
+    )
+    research = server.requests[0].body
+    tools = {t.get("type", "custom"): t for t in research["tools"]}
+    assert tools["web_search_20250305"]["name"] == "web_search"
+    assert research["tool_choice"] == {"type": "auto"}  # free to search before answering
+    assert "ResearchReply" in {t.get("name") for t in research["tools"]}
+    assert result.calls[0].role == "researcher" and not result.calls[0].note
+    assert "<remedies>" in server.requests[1].last_user_text
+    assert "none\n</remedies>" not in server.requests[1].last_user_text

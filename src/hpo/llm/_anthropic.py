@@ -131,6 +131,7 @@ class AnthropicClient:
         system: str | None,
         temperature: float | None,
         max_tokens: int | None,
+        server_tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model,
@@ -145,7 +146,13 @@ class AnthropicClient:
             ],
         }
         sys_text = system or ""
-        if self._force_tool:
+        if server_tools:
+            # the model must be free to search before it answers: no forced tool choice
+            kwargs["tools"] = [*server_tools, *kwargs["tools"]]
+            kwargs["tool_choice"] = {"type": "auto"}
+            hint = f"When you are done searching, answer by calling the tool `{tool}` once."
+            sys_text = f"{sys_text}\n\n{hint}" if sys_text else hint
+        elif self._force_tool:
             kwargs["tool_choice"] = {"type": "tool", "name": tool}
         else:
             # Models that reject a forced tool choice get asked in words instead.
@@ -195,8 +202,13 @@ class AnthropicClient:
         system: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion[T]:
         """Ask the model and return its reply parsed into ``reply_model``.
+
+        ``tools``: Anthropic server tools the model may use first, e.g. the built-in web search
+        ``{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}`` (the
+        researcher role). The reply still comes through the structured-output tool.
 
         Raises:
             LLMError: A subclass naming what failed (timeout, rate limit, server, auth,
@@ -207,7 +219,8 @@ class AnthropicClient:
         start = time.perf_counter()
         secrets = (self._secret,)
         for _attempt in range(3):  # at most two capability fallbacks, never a retry of errors
-            kwargs = self._request(messages, reply_model, tool, system, temperature, max_tokens)
+            kwargs = self._request(messages, reply_model, tool, system, temperature, max_tokens,
+                                   tools)
             try:
                 response = self._client.messages.create(**kwargs)
                 break

@@ -472,7 +472,9 @@ def _record(
         if ctype == "tool":
             picked = next((t for t in tools if t.get("name") == choice.get("name")), {})
         elif ctype in ("any", "auto") and tools:
-            picked = tools[0]  # a cooperative model calls the (first) tool it was offered
+            # a cooperative model answers through the first client tool it was offered (server
+            # tools such as web_search have no input_schema: the fake does not run them)
+            picked = next((t for t in tools if "input_schema" in t), {})
         if picked:
             tool_name = str(picked.get("name"))
             schema = picked.get("input_schema")
