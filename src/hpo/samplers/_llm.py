@@ -264,6 +264,8 @@ class LLMSampler(BaseSampler):
         self._lock = threading.RLock()
         self._local = threading.local()
         self._queue: deque[_Queued] = deque()
+        self._key_names: list[str] = []
+        self._trial_keys: dict[int, tuple[Any, ...]] = {}
         self._intersections: dict[tuple[int, int], IntersectionSearchSpace] = {}
         self._stop_reason: str | None = None
         self._disabled_reason: str | None = None
@@ -732,10 +734,18 @@ class LLMSampler(BaseSampler):
         search_space: dict[str, BaseDistribution],
     ) -> tuple[list[_Candidate], list[str]]:
         names = sorted(search_space)
+        if self._key_names != names:  # keys of trials are cached per search space
+            self._key_names, self._trial_keys = names, {}
         seen: dict[tuple[Any, ...], str] = {}
         for t in study.get_trials(deepcopy=False):
-            if all(n in t.params for n in names):
-                seen.setdefault(_key(t.params, names), f"trial {t.number}")
+            key = self._trial_keys.get(t._trial_id)
+            if key is None:
+                params = t.params
+                if not all(n in params for n in names):
+                    continue  # not (yet) a full point: check again next time
+                # a trial's params never change once all are set: key it once
+                key = self._trial_keys[t._trial_id] = _key(params, names)
+            seen.setdefault(key, f"trial {t.number}")
         for item in self._queue:
             if all(n in item.values for n in names):
                 seen.setdefault(_key(item.values, names), "a queued proposal")
