@@ -172,3 +172,29 @@ def test_bad_input_is_one_line_nonzero_and_stores_nothing(
     assert needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_fast_in_process_jobs_get_the_config_hydra_would_compose(
+    quadratic_app: str, tmp_path: Path
+) -> None:
+    """The cached-composition path writes the same job config as Hydra's full composition."""
+    def run(mode: str) -> Path:
+        out = tmp_path / mode
+        run_cli(
+            [quadratic_app, "-m", *SEARCH, "hydra.sweeper.storage=memory",
+             "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=1", f"hydra.sweep.dir={out}",
+             f"hydra.sweeper.fast_inprocess={mode == 'fast'}"],
+            cwd=tmp_path,
+        )
+        return out
+
+    fast, full = run("fast"), run("full")
+
+    def text(root: Path, name: str) -> str:
+        raw = (root / "2" / ".hydra" / name).read_text().replace(str(root), "DIR")
+        return "\n".join(
+            ln for ln in raw.splitlines() if "fast_inprocess" not in ln
+        )
+
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        assert text(fast, name) == text(full, name), name

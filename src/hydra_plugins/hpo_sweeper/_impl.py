@@ -134,6 +134,7 @@ class HPOSweeperImpl(Sweeper):
         max_retries: int = 1,
         dry_run: bool = False,
         progress: bool = True,
+        fast_inprocess: bool = True,
     ) -> None:
         # validated in sweep(): an error raised here would reach the user wrapped in Hydra's
         # instantiate message (three lines), not as one line
@@ -156,6 +157,8 @@ class HPOSweeperImpl(Sweeper):
         self.max_retries = max_retries
         self.dry_run = dry_run
         self.progress = progress
+        self.fast_inprocess = fast_inprocess
+        self._inprocess: Any = None
         self.pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
@@ -239,6 +242,10 @@ class HPOSweeperImpl(Sweeper):
         from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 
         self._launch_lock = threading.Lock() if isinstance(self.launcher, BasicLauncher) else None
+        if self.fast_inprocess and type(self.launcher) is BasicLauncher:
+            from ._inprocess import InProcessJobs
+
+            self._inprocess = InProcessJobs(self.launcher)
 
     # ------------------------------------------------------------------ search space
     def _search_space(self, arguments: list[str]) -> tuple[list[ParsedParam], list[str]]:
@@ -808,6 +815,8 @@ class _SweepRun:
         assert launcher is not None
         lock = self.s._launch_lock
         with lock if lock is not None else contextlib.nullcontext():
+            if self.s._inprocess is not None:  # in-process: compose once per structure
+                return self.s._inprocess.launch(jobs, number)
             # k-fold CV: the K fold jobs of a trial go in one call (a job array on SLURM)
             return list(launcher.launch(jobs, initial_job_idx=number))
 

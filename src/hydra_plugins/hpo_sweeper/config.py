@@ -79,6 +79,11 @@ class HPOSweeperConf:
     # Live progress on a TTY (rich); plain log lines otherwise.
     progress: bool = True
 
+    # hydra/launcher=basic: compose each trial's config from a cached composition per set of
+    # config-group choices instead of from scratch (same result, ~10x less work per trial);
+    # false = Hydra's own composition for every trial.
+    fast_inprocess: bool = True
+
 
 ConfigStore.instance().store(
     group="hydra/sweeper", name="hpo", node=HPOSweeperConf, provider="hpo"
