@@ -107,6 +107,10 @@ def upload_trial_artifacts(
     Returns:
         The ids of the artifacts uploaded by this call.
     """
+    paths = [Path(output_dir) / name for name in files]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:  # nothing to upload: no storage round trip (apps that write no such file)
+        return []
     store = artifact_store_for(storage_url)
     if store is None:
         log.debug("in-memory storage: the artifacts of trial id %d are not uploaded", trial_id)
@@ -119,10 +123,7 @@ def upload_trial_artifacts(
         return []
     present = {meta.filename for meta in get_all_artifact_meta(frozen, storage=storage)}
     uploaded: list[str] = []
-    for name in files:
-        path = Path(output_dir) / name
-        if not path.is_file():
-            continue
+    for path in paths:
         if path.name in present:
             log.debug("trial %d already holds artifact %s", frozen.number, path.name)
             continue

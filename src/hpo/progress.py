@@ -118,7 +118,9 @@ class SweepProgress:
         try:
             self._count_finished(frozen)
             self._remember_proposal(frozen)
-            self.totals = dict(self.study._storage.get_study_user_attrs(self.study._study_id))
+            if "hpo:source" in frozen.user_attrs:  # LLMSampler trials move the study totals
+                storage = self.study._storage
+                self.totals = dict(storage.get_study_user_attrs(self.study._study_id))
             if self._live is None:
                 log.info("%s", format_trial_line(
                     frozen, objective_names=self.objective_names, best=self.best

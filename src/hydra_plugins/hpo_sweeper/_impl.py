@@ -163,7 +163,6 @@ class HPOSweeperImpl(Sweeper):
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
-        self.job_results: list[JobReturn] = []
         self._launch_lock: threading.Lock | None = None
         self._stop = threading.Event()
 
@@ -762,8 +761,8 @@ class _SweepRun:
                 self._budget_used -= 1
                 return
             overrides = self.s._trial_overrides(trial.params, self.searched, self.fixed)
+            # the trial's datetime_start is its first heartbeat (see _recover_orphans)
             trial.set_user_attr(A_DRIVER, self.driver)
-            trial.set_user_attr(A_HEARTBEAT, time.time())
             trial.set_user_attr(A_OVERRIDES, overrides)
             job = [
                 *overrides,
@@ -857,7 +856,6 @@ class _SweepRun:
             self.n_finished += 1
             return
         ret = self._combine_folds(trial, rets) if len(rets) > 1 else rets[0]
-        self.s.job_results.append(ret)
         if ret.hydra_cfg is not None:
             out = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None)
             job_id = OmegaConf.select(ret.hydra_cfg, "hydra.job.id", default=None)
