@@ -3,7 +3,8 @@
 The same no-op Hydra app (``benchmarks/apps/noop``) is swept with TPE and the in-process
 launcher (``hydra/launcher=basic``), LLM off (the app has no ``agent`` node):
 
-- ``hpo``: hpo's sweeper, in-memory storage and SQLite;
+- ``hpo``: hpo's sweeper, in-memory storage and SQLite; and in memory with
+  ``hydra.sweeper.fast_inprocess=false`` (Hydra composes every trial's config from scratch);
 - ``hydra-optuna-sweeper``: the peer (1.3, Optuna 2.10) from its own venv
   (``benchmarks/.venv-peer``, created on first use), in-memory storage;
 - ``optuna``: bare ``study.optimize`` with the same TPE on the same space: the floor
@@ -90,7 +91,7 @@ def bare_optuna(py: Path, n: int, storage: str, work: Path) -> Result:
 
 
 def sweep(py: Path, runner: str, n: int, storage: str, work: Path, *,
-          config: str = "hpo") -> Result:
+          config: str = "hpo", extra: tuple[str, ...] = ()) -> Result:
     """A multirun of the no-op app; wall and CPU time of the whole process."""
     stamps = work / "stamps.txt"
     stamps.unlink(missing_ok=True)
@@ -100,6 +101,7 @@ def sweep(py: Path, runner: str, n: int, storage: str, work: Path, *,
            "hydra/launcher=basic"]
     if config == "hpo":
         cmd.append(f"hydra.sweeper.storage={storage}")
+    cmd += extra
     t0 = time.time()
     ran = run(cmd, cwd=work, env=env)
     stamps_ = read_stamps(stamps)
@@ -108,7 +110,7 @@ def sweep(py: Path, runner: str, n: int, storage: str, work: Path, *,
                    [s.cpu for s in stamps_])
 
 
-def _plan(n: int, work: Path, me: Path, peer_py: Path | None
+def _plan(n: int, work: Path, me: Path, peer_py: Path | None, slow_path: bool
           ) -> list[tuple[str, Callable[..., Result], tuple[Any, ...], dict[str, Any]]]:
     plan: list[tuple[str, Callable[..., Result], tuple[Any, ...], dict[str, Any]]] = [
         ("optuna, memory", bare_optuna, (me, n, "memory", work), {}),
@@ -120,6 +122,10 @@ def _plan(n: int, work: Path, me: Path, peer_py: Path | None
         ("hpo, memory", sweep, (me, "hpo", n, "memory", work), {}),
         ("hpo, sqlite", sweep, (me, "hpo", n, f"sqlite:///{work / 'hpo.db'}", work), {}),
     ]
+    if slow_path:
+        plan.append(("hpo fast_inprocess=false, memory", sweep,
+                     (me, "hpo fast_inprocess=false", n, "memory", work),
+                     {"extra": ("hydra.sweeper.fast_inprocess=false",)}))
     if peer_py is not None:
         plan.append(("hydra-optuna-sweeper, memory", sweep,
                      (peer_py, "hydra-optuna-sweeper", n, "memory", work), {"config": "peer"}))
@@ -134,6 +140,9 @@ def main() -> int:
                    help="skip hydra-optuna-sweeper and Optuna 2.10 (no peer venv needed)")
     p.add_argument("--peer-venv", type=Path, default=BENCH_DIR / ".venv-peer",
                    help="where the peer venv lives (created when missing)")
+    p.add_argument("--no-slow-path", action="store_true",
+                   help="skip the row with hydra.sweeper.fast_inprocess=false (Hydra's own "
+                        "composition of every trial)")
     p.add_argument("--repeats", type=int, default=None,
                    help="runs per configuration, interleaved; the best is kept "
                         "(default 3 up to 500 trials, 1 above)")
@@ -155,8 +164,9 @@ def main() -> int:
         repeats = args.repeats or (3 if n <= 500 else 1)
         best: dict[str, Result] = {}
         with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:
+            plan = _plan(n, Path(tmp), me, peer_py, not args.no_slow_path)
             for rep in range(repeats):
-                for label, fn, fargs, fkw in _plan(n, Path(tmp), me, peer_py):
+                for label, fn, fargs, fkw in plan:
                     progress(f"{n} trials: {label}, run {rep + 1}/{repeats} "
                              f"(load avg {os.getloadavg()[0]:.1f})")
                     res = fn(*fargs, **fkw)
