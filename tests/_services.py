@@ -35,6 +35,7 @@ __all__ = [
     "SlurmCluster",
     "chromium_argv",
     "chromium_path",
+    "fresh_database",
     "need_service",
     "postgres_db_url",
     "postgres_url",
@@ -309,6 +310,20 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def postgres_db_url(postgres_url: str) -> Iterator[str]:
     """SQLAlchemy URL of a fresh, empty database for this test alone; dropped afterwards."""
+    with fresh_database(postgres_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_database(postgres_url: str) -> Iterator[str]:
+    """An empty database of our own on the test server (SQLAlchemy URL), dropped afterwards.
+
+    A client that just exited may still hold its backend for a moment; dropping WITH (FORCE)
+    then needs rights the test role lacks, so the drop is retried briefly and finally left to
+    the private test cluster (a leftover test database harms nothing).
+    """
+    import time
+
     import psycopg2
     from psycopg2 import sql
 
@@ -328,8 +343,15 @@ def postgres_db_url(postgres_url: str) -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
-        # FORCE closes connections a test's engine may still hold.
-        admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        for attempt in range(10):
+            try:
+                admin(drop)
+                break
+            except psycopg2.Error as exc:
+                if attempt == 9:
+                    logger.warning("test database %s left behind: %s", name, exc)
+                time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------ Chromium

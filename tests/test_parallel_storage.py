@@ -10,12 +10,10 @@ a lock or serialization error. SQLite's limits are documented in docs/reliabilit
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from _services import fresh_database
 from conftest import APPS, clean_env
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -124,31 +123,6 @@ def test_journal_eight_drivers_stop_near_the_budget(journal_run: Run) -> None:
 
 
 # --------------------------------------------------------------------------- PostgreSQL
-
-
-@contextlib.contextmanager
-def fresh_database(postgres_url: str) -> Iterator[str]:
-    """An empty database of our own on the test server, dropped afterwards."""
-    import psycopg2
-    from psycopg2 import sql
-
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    base = postgres_url.rpartition("/")[0]
-
-    def admin(statement: sql.Composable) -> None:
-        conn = psycopg2.connect(postgres_url.replace("+psycopg2", "", 1))
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(statement)
-        finally:
-            conn.close()
-
-    admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{base}/{name}"
-    finally:
-        admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="module")

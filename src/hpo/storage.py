@@ -52,18 +52,21 @@ def open_storage(url: str | None) -> BaseStorage:
 
 
 def _rdb_storage(url: str) -> BaseStorage:
-    # Several drivers starting at once on an empty database race to create Optuna's schema
-    # (duplicate table / unique violation / alembic_version): the losers retry after a pause.
+    # Several drivers starting at once on an empty database race to create Optuna's schema:
+    # duplicate tables, unique violations, an alembic_version another process has not stamped
+    # yet (Optuna asserts on it). The losers retry after a pause; errors that no retry can
+    # mend (no server, wrong credentials, missing driver or database) fail at once.
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:
             text = f"{type(exc).__name__} {exc}".lower()
-            racing = any(k in text for k in (
-                "already exists", "duplicate", "uniqueviolation", "unique constraint",
-                "alembic_version", "integrityerror", "database is locked",
+            final = isinstance(exc, ImportError) or any(k in text for k in (
+                "could not connect", "connection refused", "could not translate host",
+                "authentication failed", "password", "does not exist", "unable to open",
+                "no such host", "timeout expired", "permission denied",
             ))
-            if not racing or attempt == 5:
+            if final or attempt == 5:
                 raise
             time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
     raise AssertionError("unreachable")
