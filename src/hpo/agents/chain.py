@@ -468,6 +468,19 @@ class _ChainBase:
             text += "; curve flags: " + ", ".join(f"{f} x{n}" for f, n in counts.most_common())
         return None, text + "."
 
+    def _values_with_rules(
+        self, view: StudyView, result: ChainResult
+    ) -> tuple[dict[str, Any], str | None]:
+        """Prompt values plus the rule diagnosis (also returned) and the researcher's
+        remedies, when any."""
+        values = self._values(view)
+        verdict, rule_text = self._rule_diagnosis(view)
+        result.verdict = verdict
+        self._research(view, values, rule_text, result)
+        if rule_text:
+            values["diagnosis"] = quote(rule_text, max_chars=1000)
+        return values, rule_text
+
     def _research(
         self, view: StudyView, values: dict[str, Any], diagnosis: str | None, result: ChainResult
     ) -> None:
@@ -562,12 +575,7 @@ class SingleChain(_ChainBase):
         return self._run(self._propose, view)
 
     def _propose(self, view: StudyView, result: ChainResult) -> None:
-        values = self._values(view)
-        verdict, rule_text = self._rule_diagnosis(view)
-        result.verdict = verdict
-        self._research(view, values, rule_text, result)
-        if rule_text:
-            values["diagnosis"] = quote(rule_text, max_chars=1000)
+        values, _ = self._values_with_rules(view, result)
         self._propose_with(values, result)
 
     def _propose_with(self, values: dict[str, Any], result: ChainResult) -> None:
@@ -712,12 +720,7 @@ class PlannerChain(_ChainBase):
         return self._run(self._propose, view)
 
     def _propose(self, view: StudyView, result: ChainResult) -> None:
-        values = self._values(view)
-        verdict, rule_text = self._rule_diagnosis(view)
-        result.verdict = verdict
-        self._research(view, values, rule_text, result)
-        if rule_text:
-            values["diagnosis"] = quote(rule_text, max_chars=1000)
+        values, rule_text = self._values_with_rules(view, result)
         reply = self._call("planner", PlannerReply, values, result)
         result.step = reply.step
         result.proposals = list(reply.proposals)
