@@ -5,6 +5,14 @@ from __future__ import annotations
 from hydra.errors import CompactHydraException
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first line of ``exc``'s message; ``default`` (else the type's name) when empty."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default
+
+
 class HPOError(CompactHydraException):
     """Base class of every error hpo raises on purpose.
 

@@ -37,7 +37,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import ConfigError, HPOError
+from hpo.errors import ConfigError, HPOError, first_line
 from hpo.storage import load_existing_study, open_existing
 
 __all__ = [
@@ -285,7 +285,7 @@ def _plot_importances(ctx: _Context) -> Any:
             target=lambda t: t.values[0],
         )
     except Exception as exc:  # e.g. a dynamic search space, or no variation at all
-        raise _Skip(f"Optuna could not compute importances: {_first_line(exc)}") from exc
+        raise _Skip(f"Optuna could not compute importances: {first_line(exc)}") from exc
     if not importances:
         raise _Skip("Optuna returned no importances")
     items = sorted(importances.items(), key=lambda kv: kv[1])
@@ -669,9 +669,9 @@ def build_report(study: optuna.Study, out_dir: Path, *, top_k: int = 5) -> Repor
             log.info("report: %s skipped: %s", name, why)
             continue
         except Exception as exc:  # one broken plot must not cost the whole report
-            skipped[name] = f"failed: {type(exc).__name__}: {_first_line(exc)}"
+            skipped[name] = f"failed: {type(exc).__name__}: {first_line(exc)}"
             path.unlink(missing_ok=True)
-            log.warning("report: %s failed: %s", name, _first_line(exc), exc_info=True)
+            log.warning("report: %s failed: %s", name, first_line(exc), exc_info=True)
             continue
         fig.savefig(path, dpi=110)
         plots[name] = path
@@ -789,9 +789,6 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
     return "\n".join(parts)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage
 
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, first_line
 
 JOURNAL_PREFIX = "journal://"
 
@@ -44,7 +44,7 @@ def open_storage(url: str | None) -> BaseStorage:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
         return _rdb_storage(_with_installed_driver(url))
     except Exception as exc:  # OSError, SQLAlchemy's many types: all mean "can't open it"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, default="")
         raise ConfigError(
             f"cannot open storage {redact_url(url)!r}: {type(exc).__name__}: {first} "
             "(check the URL, the path's folder, the server and its credentials)"
@@ -120,7 +120,7 @@ def open_existing(url: str) -> BaseStorage:
     try:
         storage.get_all_studies()
     except Exception as exc:  # a file that is no database, a server that went away
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, default="")
         raise ConfigError(
             f"cannot read storage {redact_url(url)!r}: {type(exc).__name__}: {first} "
             "(check the URL, the server and its credentials)"

@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from hpo.errors import ConfigError
+from hpo.tasks._optim import optimizers_from_factories
 
 __all__ = ["ClassifierModule"]
 
@@ -180,11 +181,4 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimizer from its factory, with the scheduler when one is configured."""
-        optimizer = self._optimizer_factory(self.parameters())
-        if self._scheduler_factory is None:
-            return optimizer
-        scheduler = self._scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return optimizers_from_factories(self, plateau_monitor="val/loss")

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from hpo.errors import ConfigError, DataUnavailableError
+from hpo.errors import ConfigError, DataUnavailableError, first_line
 
 __all__ = ["DigitsDataModule", "TorchvisionDataModule"]
 
@@ -286,7 +286,7 @@ class TorchvisionDataModule(_ClassificationDataModule):
                 for train in (True, False):
                     cls(str(self.data_dir), train=train, download=True)
         except Exception as exc:  # urllib, OSError, torchvision's RuntimeError: all mean "no"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, default="")
             raise self._unavailable(
                 f"the download failed ({type(exc).__name__}: {first})"
             ) from exc

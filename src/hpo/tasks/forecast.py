@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hpo.errors import ConfigError
+from hpo.tasks._optim import optimizers_from_factories
 
 __all__ = ["ForecastModule", "run"]
 
@@ -203,14 +204,7 @@ class ForecastModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """The optimizer from its factory, with the scheduler when one is configured."""
-        optimizer = self._optimizer_factory(self.parameters())
-        if self._scheduler_factory is None:
-            return optimizer
-        scheduler = self._scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/mse"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return optimizers_from_factories(self, plateau_monitor="val/mse")
 
 
 def _output_dir() -> Path:

@@ -39,7 +39,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from hpo.errors import SearchSpaceError
+from hpo.errors import SearchSpaceError, first_line
 
 _FIX = (
     "use interval(low, high), int(interval(low, high)), tag(log, interval(low, high)), "
@@ -159,9 +159,9 @@ def parse_params(
         try:
             (override,) = parser.parse_overrides([line])
         except Exception as exc:  # hydra's OverrideParseException, with a long caret message
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             if first.startswith("Error parsing override") and exc.__cause__ is not None:
-                first = str(exc.__cause__).strip().splitlines()[0]
+                first = first_line(exc.__cause__)
             raise SearchSpaceError(f"cannot parse {line!r}: {first}; {_FIX}") from exc
         key = override.get_key_element()
         dist = distribution_from_override(override)

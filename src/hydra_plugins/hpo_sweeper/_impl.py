@@ -164,7 +164,6 @@ class HPOSweeperImpl(Sweeper):
         self.launcher: Launcher | None = None
         self.hydra_context: HydraContext | None = None
         self._launch_lock: threading.Lock | None = None
-        self._stop = threading.Event()
 
     # ------------------------------------------------------------------ setup / validation
     def _validate(self) -> None:
