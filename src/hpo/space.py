@@ -25,6 +25,10 @@ class ParamSpec:
     distribution: BaseDistribution
     default: Any = None
     description: str = ""
+    # A conditional parameter: active only when the searched parameter ``condition[0]`` takes
+    # one of the values ``condition[1]`` (compared as strings), e.g. ("model", ("mlp",)).
+    # None: always active.
+    condition: tuple[str, tuple[str, ...]] | None = None
 
     def to_prompt_dict(self) -> dict[str, Any]:
         """A JSON-able description for prompts (bounds, scale, choices, default)."""

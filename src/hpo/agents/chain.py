@@ -56,6 +56,7 @@ __all__ = [
     "RoleSettings",
     "SingleChain",
     "StudyView",
+    "TrialBudget",
     "prompt_values",
 ]
 
@@ -92,6 +93,23 @@ VERDICT_TEXT: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class TrialBudget:
+    """Where the study stands against its budget when the chain is asked.
+
+    Attributes:
+        n_trials: The study's budget (``hydra.sweeper.n_trials``).
+        finished: Trials that count in the budget and have finished.
+        running: Trials in flight now.
+        left: Trials still to be started, the ones being proposed included.
+    """
+
+    n_trials: int
+    finished: int
+    running: int
+    left: int
+
+
 @dataclass
 class StudyView:
     """What a chain sees of a study.
@@ -101,8 +119,13 @@ class StudyView:
         directions: ``"minimize"`` or ``"maximize"``, one per objective.
         objective_names: One name per objective (e.g. ``"val/acc"``).
         trials: Every trial, including RUNNING ones.
-        n_proposals: How many proposals the sampler wants (one per free slot).
+        n_proposals: How many proposals the sampler wants (one per free slot, never more than
+            the budget has left).
         context: Free text such as a task description; anonymized unless opted out.
+        budget: The trial budget, when the study has one (None: open-ended).
+        fidelity: What one trial costs, e.g. "up to 20 epochs; median trial 34 s".
+        optimizer_state: Hybrid mode: the classical optimizer's state in parameter units
+            (rendered text), else None.
     """
 
     space: list[ParamSpec]
@@ -111,6 +134,9 @@ class StudyView:
     trials: list[optuna.trial.FrozenTrial]
     n_proposals: int
     context: dict[str, str] = field(default_factory=dict)
+    budget: TrialBudget | None = None
+    fidelity: str | None = None
+    optimizer_state: str | None = None
 
 
 @dataclass

@@ -5,14 +5,27 @@ CONTRACT (shared by hpo.llm, hpo.agents, hpo.samplers): keep these names and sig
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 T = TypeVar("T", bound=BaseModel)
 
 Role = Literal["user", "assistant"]
+
+# How a client asks the server for structured output (``agent.structured_output``):
+# json_schema: ``response_format={"type": "json_schema", ...}`` (OpenAI, vLLM, llama-server,
+# Ollama); json_object: ``{"type": "json_object", "schema": ...}`` (llama-cpp-python's server);
+# tool: a forced tool call whose input schema is the reply's (Anthropic; OpenAI tools);
+# none: the schema in the prompt only; auto: start with the provider's best form and switch once
+# to the next when the server rejects it.
+StructuredOutput = Literal["auto", "json_schema", "json_object", "tool", "none"]
+
+# Provider-neutral server-side tools a role may ask for (``complete(..., tools=...)``); each
+# client maps them to its provider's own form and lists what it supports in ``server_tools``.
+ServerTool = Literal["web_search"]
 
 
 @dataclass(frozen=True)
@@ -43,17 +56,29 @@ class Completion(Generic[T]):
     usage: Usage
     raw_text: str
     latency_s: float
-    model: str
+    model: str  # the model that answered (the reply's ``model`` field), else the requested one
     provider: str
     cached: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    requested_model: str = ""  # the model the client asked for
+    # The exact request body sent (messages, response_format or tools, schema), JSON-able and
+    # free of secrets: the audit dump writes it as is.
+    request: dict[str, Any] = field(default_factory=dict)
+    structured_output: str = ""  # the form used: json_schema | json_object | tool | none
 
 
 class LLMClient(Protocol):
-    """``complete(messages, schema) -> typed reply + usage``."""
+    """``complete(messages, schema) -> typed reply + usage``.
+
+    ``schema``: the JSON schema sent to the server (default: ``reply_model``'s own); the reply
+    is still validated into ``reply_model``. ``tools``: server-side tools the model may use
+    before answering (see :data:`ServerTool`); a client ignores none silently: it raises
+    ``ValueError`` for a tool it does not list in ``server_tools``.
+    """
 
     provider: str
     model: str
+    server_tools: frozenset[str]
 
     def complete(
         self,
@@ -63,17 +88,51 @@ class LLMClient(Protocol):
         system: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        schema: dict[str, Any] | None = None,
+        tools: Sequence[ServerTool] | None = None,
     ) -> Completion[T]: ...
 
 
 class LLMError(Exception):
-    """Base of every provider failure. The sampler catches this and falls back."""
+    """Base of every provider failure. The sampler catches this and falls back.
+
+    Attributes:
+        kind: A short machine-readable name (``timeout``, ``auth``, ...), recorded per trial.
+        permanent: True when asking again cannot help (bad key, unknown model, a request the
+            server rejects): the sampler stops using the LLM for the sweep and says why once.
+        request: The exact request that failed (JSON-able, no secrets), for the audit dump.
+        fix: One sentence telling the user what to change, when known.
+    """
 
     kind: str = "error"
+    permanent: bool = False
+    request: dict[str, Any] | None = None
+    fix: str | None = None
 
 
 class LLMAuthError(LLMError):
     kind = "auth"
+    permanent = True
+
+
+class LLMBadRequest(LLMError):
+    """The server rejects the request itself (400/422 not about a form we can switch from)."""
+
+    kind = "bad_request"
+    permanent = True
+
+
+class LLMModelNotFound(LLMError):
+    """The server does not know the requested model."""
+
+    kind = "model_not_found"
+    permanent = True
+
+
+class LLMTooLarge(LLMError):
+    """The reply is larger than ``agent.max_reply_bytes``."""
+
+    kind = "too_large"
 
 
 class LLMTimeout(LLMError):
