@@ -23,6 +23,7 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     dump_prompts: true      # the sampler dumps every call under <sweep dir>/llm
     dump_dir: null          # also write a Markdown copy of each prompt here
     prompts_dir: null       # a directory of replacement prompt templates
+    context: null           # the task in a few sentences, shown to every role (the sampler's)
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ _KNOWN_KEYS = (
     "dump_prompts",
     "dump_dir",
     "prompts_dir",
+    "context",
 )
 
 _warned_lock = threading.Lock()

@@ -414,27 +414,23 @@ class HPOSweeperImpl(Sweeper):
         if agent is None:
             return fallback
         try:
-            from hpo.agents.factory import build_chain
-            from hpo.samplers import LLMSampler
+            from hpo.samplers import sampler_from_agent_config
         except ImportError:  # pragma: no cover - the LLM sampler is part of the package
             return fallback
         agent_d = OmegaConf.to_container(agent, resolve=True)
         assert isinstance(agent_d, dict)
-        chain = build_chain(agent_d, sensitive=self._sensitive_names(specs))
-        budget = agent_d.get("budget") or {}
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        return LLMSampler(
-            chain=chain,
+        max_epochs = OmegaConf.select(self.config, "trainer.max_epochs", default=None)
+        return sampler_from_agent_config(
+            agent_d,
             search_space=specs,
             fallback=fallback,
-            baseline=True,
-            fallback_share=float(agent_d.get("fallback_share") or 0.0),
-            batch_size=self.n_jobs,
             seed=self.seed,
-            max_tokens=budget.get("max_tokens"),
-            max_usd=budget.get("max_usd"),
-            dump_dir=(sweep_dir / "llm") if agent_d.get("dump_prompts", True) else None,
+            batch_size=self.n_jobs,
+            n_trials=self.n_trials,
+            dump_dir=Path(str(self.config.hydra.sweep.dir)) / "llm",
             objective_names=objective_names,
+            sensitive=self._sensitive_names(specs),
+            fidelity=f"up to {max_epochs} epochs per trial" if max_epochs else None,
         )
 
     def _sensitive_names(self, specs: list[ParamSpec]) -> dict[str, str]:
