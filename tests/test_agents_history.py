@@ -114,7 +114,8 @@ def test_history_sections(big):
     assert any(ln.strip().startswith("lr: tried ") and "best trials" in ln for ln in lines)
     assert any('"resnet9" x' in ln and '"mlp" x' in ln for ln in lines)
     # per-class weakest classes named, folds summarized, long notes truncated
-    assert "per_class \"f1\"" in text and " weakest " in text
+    assert 'per_class notes: metric "f1" only' in text and "per_class mean=" in text
+    assert " weakest " in text
     assert "folds n=5" in text
     assert "x" * 200 not in text
 

@@ -161,9 +161,10 @@ def test_per_class_scores_are_trimmed(trials):
     history = render_history(trials, space=SPACE, directions=["maximize"],
                              objective_names=["val/acc"])
     note = next(ln for ln in history.splitlines() if ln.startswith("per_class notes:"))
-    assert '("acc" left out)' in note and "the 2 weakest classes" in note and "#0" in note
+    assert 'metric "f1" only ("acc" left out)' in note
+    assert "the 2 weakest classes" in note and "#0" in note
     best = next(ln for ln in history.splitlines() if ln.strip().startswith("#0 "))
-    assert ('per_class "f1" mean=0.81 weakest "class_3"=0.4, "class_7"=0.5 +8 not shown'
+    assert ('per_class mean=0.81 weakest "class_3"=0.4, "class_7"=0.5 +8 not shown'
             in best)
     other = next(ln for ln in history.splitlines() if ln.strip().startswith("#1 "))
     # the weakest two, then the class that moved most against #0 (class_7: 0.5 -> 0.7)
@@ -183,7 +184,7 @@ def test_per_class_at_scale_is_a_small_share(trials):
     history = render_history(big, space=SPACE, directions=["maximize"],
                              objective_names=["val/acc"])
     segments = [seg for ln in history.splitlines() for seg in ln.split(" | ")
-                if seg.startswith('per_class "')]
+                if seg.startswith("per_class mean=")]
     assert len(segments) == 16  # best 8 + recent 8
     assert max(map(len, segments)) < 110, max(segments, key=len)
     # two weakest and one moved (the reference trial: no "moved") of 100 classes
@@ -218,3 +219,84 @@ def test_rule_verdict_text_fits_every_chain():
     for text in VERDICT_TEXT.values():
         assert "analyst" not in text  # shown to chains with and without one
         assert re.match(r"Rule verdict: ", text)
+
+
+def _wide_study(n: int, seed: int = 0) -> tuple[list[ParamSpec], list[FrozenTrial]]:
+    """20 parameters (log and linear floats, ints, categoricals); trials with curves and
+    per-class scores of 10 classes for two metrics, as the classifier stores them."""
+    import math
+    import random
+
+    rng = random.Random(seed)
+    specs = []
+    for i in range(20):
+        kind = i % 4
+        dist = (FloatDistribution(1e-6, 1e-1, log=True) if kind == 0 else
+                FloatDistribution(0.0, 1.0) if kind == 1 else
+                IntDistribution(1, 1024, log=True) if kind == 2 else
+                CategoricalDistribution(["adam", "adamw", "sgd"]))
+        specs.append(ParamSpec(f"group_{i % 3}.param_{i}", dist, description=f"knob {i}"))
+    dists = {s.name: s.distribution for s in specs}
+    out = []
+    for number in range(n):
+        params = {}
+        for s in specs:
+            d = s.distribution
+            if isinstance(d, CategoricalDistribution):
+                params[s.name] = rng.choice(d.choices)
+            elif isinstance(d, IntDistribution):
+                params[s.name] = rng.randint(d.low, d.high)
+            elif d.log:
+                params[s.name] = math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
+            else:
+                params[s.name] = rng.random()
+        acc = [0.9 * (1 - math.exp(-(e + 1) / 4)) + rng.gauss(0, 0.01) for e in range(20)]
+        t = create_trial(
+            state=TrialState.COMPLETE, value=acc[-1], params=params, distributions=dists,
+            intermediate_values=dict(enumerate(acc)),
+            user_attrs={"hpo:source": "llm",
+                        "curves": {"train/loss": [2 - e / 10 for e in range(20)],
+                                   "val/loss": [2.1 - e / 11 for e in range(20)]},
+                        "per_class": {m: {f"class_{c}": rng.random() for c in range(10)}
+                                      for m in ("f1", "acc")}},
+        )
+        t.number = number
+        out.append(t)
+    return specs, out
+
+
+def test_prompt_size_is_bounded_for_a_wide_space():
+    """The proposer's whole prompt for 20 parameters (half of them log-scale, the digit-heavy
+    case): the same size at 200 and 2,000 trials, and under 15,300 characters, about 8k tokens
+    at the 1.92 characters per token SmolLM2's tokenizer counts on this text (7.7k measured;
+    benchmarks/bench_prompt.py measures 10,000 trials). With llama_cpp importable and the
+    SmolLM2 GGUF cached under ~/.cache/hpo, the real tokenizer counts here too."""
+    sizes = []
+    for n in (200, 2000):
+        specs, trials = _wide_study(n)
+        view = StudyView(space=specs, directions=["maximize"], objective_names=["val/acc"],
+                         trials=trials, n_proposals=4, context={"task": "image classification"},
+                         budget=TrialBudget(n + 100, n, 0, 100), fidelity="20 epochs")
+        system, user = PromptSet().render("proposer", prompt_values(view))
+        sizes.append(len(system) + len(user))
+    assert sizes[1] < 1.05 * sizes[0], sizes
+    assert sizes[1] < 15_300, sizes
+    count = _real_token_counter()
+    if count is not None:
+        assert count(system + "\n" + user) <= 8000
+
+
+def _real_token_counter():
+    """The SmolLM2 tokenizer when llama_cpp and the GGUF are at hand, else None."""
+    from pathlib import Path
+
+    try:
+        import llama_cpp  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    gguf = sorted((Path.home() / ".cache" / "hpo").glob("**/SmolLM2*.gguf"))
+    if not gguf:
+        return None
+    llm = llama_cpp.Llama(model_path=str(gguf[0]), vocab_only=True, verbose=False)
+    return lambda text: len(llm.tokenize(text.encode("utf-8"), add_bos=False))
+

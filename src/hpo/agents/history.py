@@ -50,11 +50,11 @@ HISTORY_LEGEND = (
     "classical sampler); then the objective values and the params, as one row in the order "
     "the 'trial rows' line gives; v[x] = a log-scale value v and its log10 x; steps = "
     "intermediate values reported (one per epoch); last = the last one; best=v@s = the best "
-    "of them, v, reached at step s; gap = the generalization gap at the last epoch (val minus "
-    "train for a loss, train minus val for a score: above 0 the validation is worse); flags = "
-    "curve problems found by rules; per_class = per-class scores, trimmed as the 'per_class "
-    "notes' line says; folds = cross-validation folds; note = a recorded message such as a "
-    "failure reason."
+    "of them, v, reached at step s (shown when it came before the last step); gap = the "
+    "generalization gap at the last epoch (val minus train for a loss, train minus val for a "
+    "score: above 0 the validation is worse); flags = curve problems found by rules; "
+    "per_class = per-class scores, trimmed as the 'per_class notes' line says; folds = "
+    "cross-validation folds; note = a recorded message such as a failure reason."
 )
 
 _PATH_RE = re.compile(r"(?<![\w/.~])(?:~|[A-Za-z]:)?[/\\](?:[\w.\-~]+[/\\])+[\w.\-~]*")
@@ -217,7 +217,7 @@ class HistoryOptions:
 # Significant digits: objective values keep 6 (they rank trials); numeric params, curve values
 # and per-class scores fewer (they are read, not compared at the 6th digit, and a tokenizer
 # spends one token per digit).
-_DIGITS_PARAM = 4
+_DIGITS_PARAM = 3
 _DIGITS_CURVE = 4
 _DIGITS_CLASS = 3
 
@@ -272,8 +272,10 @@ class _Ctx:
         self.log_scale = {p.name for p in self.space if getattr(p.distribution, "log", False)}
         self.numeric = {p.name for p in self.space
                         if isinstance(p.distribution, FloatDistribution | IntDistribution)}
-        # the best trial's per-class scores: what "moved most" is measured against
+        # the best trial's per-class scores: what "moved most" is measured against, and the
+        # metric the notes show
         self.reference: tuple[int, Mapping[str, Any]] | None = None
+        self.per_class_metric: str | None = None
 
     def text(self, s: Any) -> str:
         return quote(self.anon.apply(str(s)), max_chars=self.opt.max_text_chars)
@@ -331,9 +333,12 @@ def _per_class_text(trial: FrozenTrial, ctx: _Ctx) -> str | None:
         return None
     pc = summaries[0]
     shown = {c for c, _ in pc.weakest}
-    text = (f"per_class {ctx.text(pc.metric)} mean={_fmt_num(pc.mean, _DIGITS_CLASS)} weakest "
-            + ", ".join(f"{ctx.text(c)}={_fmt_num(v, _DIGITS_CLASS)}" for c, v in pc.weakest))
     ref = ctx.reference
+    # the metric is named when it is not the one the 'per_class notes' line names
+    named = pc.metric != ctx.per_class_metric
+    text = (f"per_class {ctx.text(pc.metric) + ' ' if named else ''}"
+            f"mean={_fmt_num(pc.mean, _DIGITS_CLASS)} weakest "
+            + ", ".join(f"{ctx.text(c)}={_fmt_num(v, _DIGITS_CLASS)}" for c, v in pc.weakest))
     ref_table = ref[1].get(pc.metric) if ref is not None and ref[0] != trial.number else None
     if isinstance(ref_table, Mapping) and isinstance(table_all, Mapping):
         moved: tuple[float, str, float, float] | None = None
@@ -355,14 +360,12 @@ def _per_class_text(trial: FrozenTrial, ctx: _Ctx) -> str | None:
 
 def _per_class_note(ctx: _Ctx) -> str | None:
     """One line saying what the per-class notes show and leave out, or None."""
-    if ctx.reference is None:
+    if ctx.reference is None or ctx.per_class_metric is None:
         return None
     number, table = ctx.reference
-    metrics = [ctx.text(s.metric) for s in per_class_summary(table)]
-    if not metrics:
-        return None
+    metrics = [ctx.text(s.metric) for s in per_class_summary(table, k=0)]
     left = f" ({', '.join(metrics[1:])} left out)" if len(metrics) > 1 else ""
-    return (f"per_class notes: the first metric only{left}; its mean, the "
+    return (f"per_class notes: metric {metrics[0]} only{left}; its mean, the "
             f"{ctx.opt.per_class_k} weakest classes, the class that moved most against "
             f"#{number} (the best trial with per-class scores; change in brackets) and how "
             "many classes are not shown")
@@ -388,7 +391,7 @@ def _line(trial: FrozenTrial, ctx: _Ctx) -> str:
         curve = f"steps={f.n_steps}"
         if f.last is not None and trial.values is None:
             curve += f" last={_fmt_num(f.last, _DIGITS_CURVE)}"
-        if f.best is not None:
+        if f.best is not None and f.steps_since_best:  # else the best is the last value
             curve += f" best={_fmt_num(f.best, _DIGITS_CURVE)}@{f.best_step}"
         if f.overfit_gap is not None and not f.overfit:
             curve += f" gap={_fmt_num(f.overfit_gap, _DIGITS_CLASS)}"
@@ -567,6 +570,8 @@ def render_history(
     ref = next((t for t in best if isinstance(t.user_attrs.get("per_class"), Mapping)), None)
     if ref is not None:
         ctx.reference = (ref.number, ref.user_attrs["per_class"])
+        first = per_class_summary(ctx.reference[1], k=0)
+        ctx.per_class_metric = first[0].metric if first else None
     if ctx.space:
         lines.append("params tried (finished trials; 'best trials' = range among the best):")
         lines.extend(_ranges(finished, best, ctx))
