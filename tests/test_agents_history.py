@@ -100,7 +100,9 @@ def test_history_sections(big):
     running = [ln for ln in lines if " RUNNING " in ln]
     assert len(running) == 12
     assert {int(re.search(r"#(\d+)", ln).group(1)) for ln in running} == set(range(9988, 10000))
-    assert all("lr=" in ln and "steps=" not in ln for ln in running)
+    # no value yet, the four params as a row, no curve notes
+    assert all(ln.count(" | ") == 2 and " | - | " in ln and "steps=" not in ln for ln in running)
+    assert all(len(ln.rsplit(" | ", 1)[1].split(", ")) == 4 for ln in running)
     assert "do not propose these again" in text
     # best 5 by value, descending for maximize
     complete = [t for t in big if t.state == TrialState.COMPLETE]
@@ -112,7 +114,8 @@ def test_history_sections(big):
     assert any(ln.strip().startswith("lr: tried ") and "best trials" in ln for ln in lines)
     assert any('"resnet9" x' in ln and '"mlp" x' in ln for ln in lines)
     # per-class weakest classes named, folds summarized, long notes truncated
-    assert "per_class \"f1\"" in text and "weakest:" in text
+    assert 'per_class notes: metric "f1" only' in text and "per_class mean=" in text
+    assert " weakest " in text
     assert "folds n=5" in text
     assert "x" * 200 not in text
 
@@ -198,7 +201,7 @@ def test_anonymization_and_opt_out():
         assert secret not in text
     assert "dataset_1" in text and "study_1" in text and "[path]" in text
     # parameter names and search-space values are kept verbatim
-    assert 'model="resnet9"' in values["history"]
+    assert '| 0.01[-2], 2, "resnet9", 0.1 |' in values["history"]
     assert "resnet9" in json.loads(values["search_space"])["model"]["choices"]
 
     plain = prompt_values(view, anonymizer=Anonymizer.from_names(dataset="CIFAR10",
@@ -264,7 +267,9 @@ def test_every_role_renders(role, values):
         assert "<history>" in user or role == "researcher"
     if role in ("proposer", "consultant", "supervisor", "planner", "repair"):
         space = json.loads(re.search(r"<search_space>(.*?)</search_space>", user, re.S).group(1))
-        assert space == {p.name: p.to_prompt_dict() for p in SPACE}
+        # the exact spec of every parameter, plus the log10 bounds of the log-scale one
+        assert space == {p.name: p.to_prompt_dict() for p in SPACE} | {
+            "lr": {**SPACE[0].to_prompt_dict(), "log10": [-5.0, -1.0]}}
         assert "<n_proposals>4</n_proposals>" in user
 
 

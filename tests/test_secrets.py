@@ -79,7 +79,7 @@ def canary_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         env = clean_env(OPENAI_API_KEY=canary, OPENAI_BASE_URL=server.openai_base_url)
         proc = run_cli(
             ["-m", "hpo.train", "-m", "agent=openai", "agent.max_retries=1", "agent.cache=true",
-             "agent.dump_dir=outputs/prompts", "trainer=debug", "hydra.sweeper.n_trials=6",
+             "trainer=debug", "hydra.sweeper.n_trials=6",
              "hydra.sweeper.seed=0"],
             cwd=root, env=env, timeout=600,
         )
@@ -100,8 +100,7 @@ def test_the_canary_was_really_used(canary_run: Run) -> None:
     sources = [t.user_attrs.get("hpo:source") for t in canary_run.study.trials]
     assert "llm" in sources and "fallback" in sources
     files = {p.relative_to(canary_run.root).parts[:2] for p in canary_run.root.rglob("*")}
-    for where in [("outputs", "hpo.db"), ("outputs", "sweeps"), ("outputs", ".llm_cache"),
-                  ("outputs", "prompts")]:
+    for where in [("outputs", "hpo.db"), ("outputs", "sweeps"), ("outputs", ".llm_cache")]:
         assert where in files, f"{'/'.join(where)} was not written"
     assert list((canary_run.root / "outputs/sweeps/hpo/llm").glob("call-*.json"))
 
@@ -116,17 +115,12 @@ def leaks(run: Run, under: str = "") -> list[str]:
     return found
 
 
-# the LLM reply cache and the chain's Markdown prompt copies: tested on their own below
-OWN_TESTS = ("outputs/.llm_cache/", "outputs/prompts/")
+# the LLM reply cache: tested on its own below
+OWN_TESTS = ("outputs/.llm_cache/",)
 
 
 def test_no_file_under_the_run_holds_the_canary(canary_run: Run) -> None:
     found = [p for p in leaks(canary_run) if not p.startswith(OWN_TESTS)]
-    assert not found, f"the canary key leaked into {found}"
-
-
-def test_markdown_prompt_copies_hold_no_canary(canary_run: Run) -> None:
-    found = leaks(canary_run, "outputs/prompts")
     assert not found, f"the canary key leaked into {found}"
 
 

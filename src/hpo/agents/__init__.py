@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from hpo.agents.cache import CachingClient
 from hpo.agents.chain import (
-    WEB_SEARCH_TOOL,
     AgentChain,
     Budget,
     BudgetExceeded,
     CallRecord,
     ChainResult,
-    ConsultantsChain,
-    DiagnoseChain,
-    PlannerChain,
     RoleSettings,
-    SingleChain,
+    StagedChain,
     StudyView,
+    TrialBudget,
 )
 from hpo.agents.factory import NO_CREDENTIALS_WARNING, build_chain
 from hpo.agents.features import (
@@ -41,11 +38,14 @@ from hpo.agents.models import (
     ResearchReply,
 )
 from hpo.agents.prompts import ROLES, PromptSet
+from hpo.agents.schema import reply_schema
+from hpo.agents.stages import PRESETS, STAGES, chain_stages
 
 __all__ = [
     "NO_CREDENTIALS_WARNING",
+    "PRESETS",
     "ROLES",
-    "WEB_SEARCH_TOOL",
+    "STAGES",
     "AgentChain",
     "AnalystReply",
     "Anonymizer",
@@ -55,25 +55,25 @@ __all__ = [
     "CallRecord",
     "ChainResult",
     "ConsultantReply",
-    "ConsultantsChain",
     "CurveFeatures",
-    "DiagnoseChain",
     "HistoryOptions",
-    "PlannerChain",
     "PlannerReply",
     "PromptSet",
     "Proposal",
     "ProposerReply",
     "ResearchReply",
     "RoleSettings",
-    "SingleChain",
+    "StagedChain",
     "StudyView",
+    "TrialBudget",
     "build_chain",
+    "chain_stages",
     "conclusive_verdict",
     "curve_features",
     "estimate_tokens",
     "fold_summary",
     "per_class_summary",
     "render_history",
+    "reply_schema",
     "trial_features",
 ]

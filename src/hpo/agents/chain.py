@@ -1,9 +1,13 @@
-"""The agent chains: roles that read a study and propose the next configurations.
+"""The agent chain: stages that read a study and propose the next configurations.
 
-A chain turns a :class:`StudyView` (search space, directions, every trial) into a
-:class:`ChainResult` (proposals, diagnosis, usage, one :class:`CallRecord` per LLM call). The
-sampler checks, repairs (through :meth:`AgentChain.repair`), clamps or replaces every proposal;
-chains never see Hydra.
+A chain turns a :class:`StudyView` (search space, directions, every trial, budget, fidelity) into
+a :class:`ChainResult` (proposals, diagnosis, usage, one :class:`CallRecord` per LLM call). Its
+stages (:mod:`hpo.agents.stages`) run in order and hand each other prompt blocks: the rule
+diagnosis (deterministic curve features) reaches every stage, the analyst's reading and the
+researcher's remedies every stage after them, the consultants' advice the supervisor. The
+proposing roles are sent a JSON schema built from the search space (:mod:`hpo.agents.schema`).
+The sampler checks, repairs (through :meth:`AgentChain.repair`), clamps or replaces every
+proposal; chains never see Hydra.
 
 Failure policy: an :class:`~hpo.llm.base.LLMError` from a proposing role (proposer, consultant,
 supervisor, planner, repair) propagates out of ``propose``/``repair`` with the partial result
@@ -14,22 +18,17 @@ drop their input and are recorded in ``calls`` with ``error`` set.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import optuna
-from optuna.trial import TrialState
 from pydantic import BaseModel
 
-from hpo.agents.features import conclusive_verdict, trial_features
-from hpo.agents.history import Anonymizer, HistoryOptions, quote, render_context, render_history
+from hpo.agents.history import Anonymizer, HistoryOptions, quote
 from hpo.agents.models import (
     AnalystReply,
     ConsultantReply,
@@ -39,22 +38,21 @@ from hpo.agents.models import (
     ResearchReply,
 )
 from hpo.agents.prompts import PromptSet
+from hpo.agents.rendering import VERDICT_TEXT, prompt_values, proposals_json, rule_diagnosis
+from hpo.agents.schema import reply_schema
+from hpo.agents.stages import PRESETS, PROPOSING_STAGES, chain_stages
 from hpo.llm.base import LLMClient, LLMError, Message, Usage
-from hpo.secrets import redact
 from hpo.space import ParamSpec
 
 __all__ = [
-    "WEB_SEARCH_TOOL",
+    "VERDICT_TEXT",
     "AgentChain",
     "Budget",
     "BudgetExceeded",
     "CallRecord",
     "ChainResult",
-    "ConsultantsChain",
-    "DiagnoseChain",
-    "PlannerChain",
     "RoleSettings",
-    "SingleChain",
+    "StagedChain",
     "StudyView",
     "TrialBudget",
     "prompt_values",
@@ -64,13 +62,7 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=BaseModel)
 
-WEB_SEARCH_TOOL: dict[str, Any] = {
-    "type": "web_search_20250305",
-    "name": "web_search",
-    "max_uses": 3,
-}
-
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WEB_SEARCH = "web_search"  # the provider-neutral server tool the researcher asks for
 
 CONSULTANT_PERSONAS: tuple[str, str] = (
     "You lean towards exploitation: you trust the evidence of the best trials and refine "
@@ -78,20 +70,6 @@ CONSULTANT_PERSONAS: tuple[str, str] = (
     "You lean towards exploration: you look for regions, choices and parameter interactions the "
     "search has not tried yet, and you challenge conclusions drawn from too few trials.",
 )
-
-VERDICT_TEXT: dict[str, str] = {
-    "clear_improvement": (
-        "Rule verdict (no analyst call): the latest trial clearly improved the best result and "
-        "its learning curves show no divergence or overfitting. Refine around it: small steps "
-        "on the parameters it changed, keep what worked."
-    ),
-    "clear_divergence": (
-        "Rule verdict (no analyst call): the latest trials diverged (non-finite values or a loss "
-        "that ended worse than it started). Move to more stable settings: a lower learning rate, "
-        "stronger regularization or gradient-friendly choices; avoid the diverged region."
-    ),
-}
-
 
 @dataclass(frozen=True)
 class TrialBudget:
@@ -141,7 +119,25 @@ class StudyView:
 
 @dataclass
 class CallRecord:
-    """One LLM call of a chain, for provenance, cost accounting and prompt dumps."""
+    """One LLM call of a chain, for provenance, cost accounting and the sampler's audit dump.
+
+    Attributes:
+        role: The role that called (``proposer``, ``consultant_a``, ``repair``, ...).
+        provider: The provider kind of the client.
+        model: The model that answered (the reply's ``model`` field), else the requested one.
+        system: The system prompt.
+        messages: The messages sent.
+        raw_text: The reply text as received (on failure: what was received, if anything).
+        usage: Tokens and cost.
+        latency_s: Wall time of the call.
+        cached: Answered from the reply cache.
+        error: ``"<kind>: <message>"`` when the call failed.
+        note: A remark such as "web search unavailable".
+        request: The exact request sent (messages, response_format or tools, schema), from
+            ``Completion.request`` / ``LLMError.request``; None when the client gave none.
+        requested_model: The model the client asked for.
+        structured_output: The form used: json_schema | json_object | tool | none ("" unknown).
+    """
 
     role: str
     provider: str
@@ -154,13 +150,18 @@ class CallRecord:
     cached: bool
     error: str | None
     note: str | None = None
+    request: dict[str, Any] | None = None
+    requested_model: str = ""
+    structured_output: str = ""
 
     def to_dict(self, *, include_prompts: bool = True) -> dict[str, Any]:
-        """A JSON-able dict (prompts optional: they are large)."""
+        """A JSON-able dict (prompts and the request optional: they are large)."""
         out: dict[str, Any] = {
             "role": self.role,
             "provider": self.provider,
             "model": self.model,
+            "requested_model": self.requested_model,
+            "structured_output": self.structured_output,
             "usage": {
                 "input_tokens": self.usage.input_tokens,
                 "output_tokens": self.usage.output_tokens,
@@ -175,6 +176,7 @@ class CallRecord:
         if include_prompts:
             out["system"] = self.system
             out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
+            out["request"] = self.request
         return out
 
 
@@ -248,115 +250,285 @@ class BudgetExceeded(LLMError):
     kind = "budget"
 
 
-def _space_json(space: Sequence[ParamSpec]) -> str:
-    blob = json.dumps(
-        {p.name: p.to_prompt_dict() for p in space}, ensure_ascii=False, separators=(", ", ": ")
-    )
-    return blob.replace("<", "\\u003c").replace(">", "\\u003e")
+def _accepts(client: LLMClient, name: str) -> bool:
+    """Whether ``client.complete`` takes the keyword ``name`` (or any keyword).
+
+    The schema/tools contract of :class:`~hpo.llm.base.LLMClient` is newer than some clients;
+    a client without it is called as before (the server then gets the reply model's schema).
+    """
+    try:
+        params = inspect.signature(client.complete).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _data_json(obj: Any) -> str:
-    """LLM- or storage-produced structures as inert JSON inside a data block."""
-    blob = json.dumps(obj, ensure_ascii=False, default=str)
-    return blob.replace("<", "\\u003c").replace(">", "\\u003e")
+@dataclass
+class _Pass:
+    """What the stages of one ``propose`` hand to each other."""
+
+    view: StudyView
+    values: dict[str, Any]
+    result: ChainResult
+    rule_text: str | None = None
+    analyst: AnalystReply | None = None
+    consultants: list[ConsultantReply] = field(default_factory=list)
+    proposed: str | None = None  # the proposing stage's own diagnosis / rationale
+
+    def refresh_diagnosis(self) -> None:
+        """The ``<diagnosis>`` block: the rules' reading, then the analyst's, when any."""
+        lines = [f"rules: {quote(self.rule_text, max_chars=1000)}"] if self.rule_text else []
+        a = self.analyst
+        if a is not None:
+            lines.append(f"diagnosis: {quote(a.diagnosis, max_chars=1500)}")
+            lines += [f"finding: {quote(f, max_chars=300)}" for f in a.findings[:10]]
+            lines += [f"recommendation: {quote(r, max_chars=300)}"
+                      for r in a.recommendations[:10]]
+        self.values["diagnosis"] = "\n".join(lines) or "none"
+
+    def summary(self) -> str | None:
+        """The diagnosis the chain reports (the study note): the analyst's, else the proposing
+        stage's, else the first consultant's advice; None when no LLM gave one (a note from an
+        earlier call then stays)."""
+        if self.analyst is not None and self.analyst.diagnosis:
+            return self.analyst.diagnosis
+        if self.proposed:
+            return self.proposed
+        if self.consultants and self.consultants[0].advice:
+            return self.consultants[0].advice
+        return None
 
 
-def _proposals_json(proposals: Sequence[Proposal]) -> str:
-    return _data_json([{"params": p.params, "rationale": p.rationale} for p in proposals])
+class StagedChain:
+    """An agent chain: a list of stages run in order, the last one proposing.
 
-
-def prompt_values(
-    view: StudyView,
-    *,
-    anonymizer: Anonymizer | None = None,
-    history: HistoryOptions | None = None,
-) -> dict[str, str]:
-    """The template values every role shares, rendered from ``view``.
-
-    Keys: ``objectives``, ``context``, ``search_space`` (JSON: param name ->
-    ``ParamSpec.to_prompt_dict()``), ``history``, ``n_proposals``, and the placeholders
-    ``diagnosis``/``remedies``/``tools_note`` that chains fill in.
+    Args:
+        stages: Stage names (see :mod:`hpo.agents.stages`), e.g. ``("analyst", "proposer",
+            "checker")``, or a preset name (``"single"``, ``"diagnose"``, ``"consultants"``,
+            ``"planner"``).
+        client: The default LLM client of every role.
+        name: The chain's name (default: the preset's, or the stages joined by ``+``).
+        roles: Per-role settings overriding the default (e.g. ``{"proposer": RoleSettings(...)}``;
+            ``consultant`` covers ``consultant_a``/``consultant_b``; ``repair`` defaults to the
+            proposing stage's).
+        temperature: Default sampling temperature.
+        max_tokens: Default reply token cap.
+        history: How much history each prompt shows.
+        anonymizer: Applied to free text rendered into prompts.
+        prompts: The prompt templates.
+        budget: Token / cost caps over the chain's lifetime.
+        consultant_turns: Discussion turns of the consultants stage (``2 * turns`` calls).
 
     Raises:
-        ValueError: ``n_proposals`` < 1, or objective names that do not match the directions.
+        ValueError: Invalid stages, or ``consultant_turns`` < 1.
     """
-    anon = anonymizer or Anonymizer(enabled=False)
-    if view.n_proposals < 1:
-        raise ValueError(f"n_proposals={view.n_proposals} is invalid: ask for at least 1")
-    if view.objective_names and len(view.objective_names) != len(view.directions):
-        raise ValueError(
-            f"{len(view.directions)} directions for {len(view.objective_names)} objective "
-            "names: give one name per objective"
-        )
-    names = view.objective_names or [f"objective_{i}" for i in range(len(view.directions))]
-    objectives = "; ".join(
-        f"{quote(anon.apply(n), max_chars=80)} ({d})"
-        for n, d in zip(names, view.directions, strict=False)
-    )
-    return {
-        "objectives": objectives,
-        "context": render_context(view.context, anon) if view.context else "none",
-        "search_space": _space_json(view.space),
-        "history": render_history(
-            view.trials,
-            space=view.space,
-            directions=view.directions,
-            objective_names=names,
-            anonymizer=anon,
-            options=history or HistoryOptions(),
-        ),
-        "n_proposals": str(view.n_proposals),
-        "diagnosis": "none",
-        "remedies": "none",
-        "tools_note": "",
-    }
-
-
-class _ChainBase:
-    """Shared machinery: prompt values, LLM calls with records, budget, dumps."""
-
-    name = "base"
-    _proposing_role = "proposer"
 
     def __init__(
         self,
+        stages: str | Sequence[str] = PRESETS["diagnose"],
         *,
         client: LLMClient,
+        name: str | None = None,
         roles: Mapping[str, RoleSettings] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         history: HistoryOptions | None = None,
         anonymizer: Anonymizer | None = None,
-        researcher: bool = False,
         prompts: PromptSet | None = None,
         budget: Budget | None = None,
-        dump_dir: str | Path | None = None,
+        consultant_turns: int = 2,
     ) -> None:
+        if (not isinstance(consultant_turns, int) or isinstance(consultant_turns, bool)
+                or consultant_turns < 1):
+            raise ValueError(
+                f"consultant_turns={consultant_turns!r} is invalid: use an integer >= 1"
+            )
+        default_name, self.stages = chain_stages(stages)
+        self.name = name or default_name
+        self.proposing_stage = next(s for s in self.stages if s in PROPOSING_STAGES)
+        self.turns = consultant_turns
         self.default = RoleSettings(client=client, temperature=temperature, max_tokens=max_tokens)
         self.roles: dict[str, RoleSettings] = dict(roles or {})
         self.history = history or HistoryOptions()
         self.anonymizer = anonymizer or Anonymizer()
-        self.researcher = researcher
         self.prompts = prompts or PromptSet()
         self.budget = budget or Budget()
-        self.dump_dir = Path(dump_dir) if dump_dir is not None else None
         self.spent = Usage()
         self._lock = threading.Lock()
-        self._seq = 0
 
     def __repr__(self) -> str:
         c = self.default.client
-        return f"{type(self).__name__}(provider={c.provider!r}, model={c.model!r})"
+        return (f"StagedChain({list(self.stages)!r}, provider={c.provider!r}, "
+                f"model={c.model!r})")
 
-    # -- prompt values -----------------------------------------------------------------------
+    # -- public ------------------------------------------------------------------------------
+    def propose(self, view: StudyView) -> ChainResult:
+        """Proposals for ``view.n_proposals`` slots from the chain's stages.
+
+        Raises:
+            LLMError: A proposing or consulting role failed (``exc.chain_result`` holds the
+                partial result).
+        """
+
+        def run(view: StudyView, result: ChainResult) -> None:
+            p = _Pass(view=view, values=self._values(view), result=result)
+            result.verdict, p.rule_text = rule_diagnosis(view, self.history.recent_k)
+            p.refresh_diagnosis()
+            for stage in self.stages:
+                getattr(self, f"_stage_{stage}")(p)
+            result.diagnosis = p.summary()
+
+        return self._run(run, view)
+
+    def repair(self, view: StudyView, previous: ChainResult, errors: list[str]) -> ChainResult:
+        """Ask once more for proposals that fix ``errors`` (one per rejected proposal or issue).
+
+        Raises:
+            LLMError: The repair call failed (the sampler clamps or falls back).
+        """
+
+        def run(view: StudyView, result: ChainResult) -> None:
+            values = self._values(view)
+            values["previous"] = proposals_json(previous.proposals)
+            values["errors"] = "\n".join(f"- {quote(e, max_chars=400)}" for e in errors) or "none"
+            reply = self._call("repair", ProposerReply, values, result,
+                               schema=reply_schema(ProposerReply, view.space, view.n_proposals))
+            result.proposals = list(reply.proposals)
+            result.diagnosis = reply.diagnosis or previous.diagnosis
+            result.step = previous.step
+
+        return self._run(run, view)
+
+    # -- stages ------------------------------------------------------------------------------
+    def _stage_checker(self, p: _Pass) -> None:
+        """The sampler checks every proposal; nothing to do here."""
+
+    def _stage_analyst(self, p: _Pass) -> None:
+        result = p.result
+        if p.rule_text is None:
+            result.notes.append("analyst skipped: no finished trial yet")
+            return
+        if result.verdict is not None:
+            result.notes.append(f"analyst skipped: rule verdict {result.verdict}")
+            return
+        p.analyst = self._optional("analyst", AnalystReply, p.values, result, drops="diagnosis")
+        p.refresh_diagnosis()
+
+    def _stage_researcher(self, p: _Pass) -> None:
+        """Ask the researcher for remedies to the diagnosis so far; a failure only drops them."""
+        result = p.result
+        if p.rule_text is None and p.analyst is None:
+            result.notes.append("researcher skipped: nothing to diagnose yet")
+            return
+        client = self._settings("researcher").client
+        tools: list[str] | None = None
+        note: str | None = None
+        if WEB_SEARCH in getattr(client, "server_tools", ()) and _accepts(client, "tools"):
+            tools = [WEB_SEARCH]
+            tools_note = "Use web search for recent, well-supported remedies."
+        else:
+            note = "web search unavailable with this client: asked without tools"
+            tools_note = "You have no web access: rely on well-established practice."
+        vals = {**p.values, "tools_note": tools_note}
+        reply = self._optional("researcher", ResearchReply, vals, result, drops="remedies",
+                               tools=tools, note=note)
+        if reply is None:
+            return
+        if reply.remedies:
+            p.values["remedies"] = "\n".join(
+                f"- {quote(r, max_chars=300)}" for r in reply.remedies[:8]
+            )
+        if note:
+            result.notes.append(note)
+
+    def _stage_consultants(self, p: _Pass) -> None:
+        """Two consultants, ``turns`` turns: A sees B's advice of the previous turn, B sees A's
+        of this turn. Their last advice goes to the supervisor."""
+        schema = reply_schema(ConsultantReply, p.view.space, p.view.n_proposals)
+        last: list[ConsultantReply | None] = [None, None]
+        for turn in range(1, self.turns + 1):
+            for i in (0, 1):
+                other = last[1 - i]
+                other_text = (
+                    "none yet"
+                    if other is None
+                    else f"advice: {quote(other.advice, max_chars=1500)}\n"
+                    f"proposals: {proposals_json(other.proposals)}"
+                )
+                vals = {
+                    **p.values,
+                    "persona": CONSULTANT_PERSONAS[i],
+                    "other_advice": other_text,
+                    "turn": str(turn),
+                    "turns": str(self.turns),
+                }
+                last[i] = self._call(
+                    f"consultant_{'ab'[i]}", ConsultantReply, vals, p.result,
+                    prompt_role="consultant", schema=schema,
+                )
+        p.consultants = [r for r in last if r is not None]
+        p.values["advice"] = "\n".join(
+            f"consultant {'AB'[i]} advice: {quote(r.advice, max_chars=1500)}\n"
+            f"consultant {'AB'[i]} proposals: {proposals_json(r.proposals)}"
+            for i, r in enumerate(p.consultants)
+        )
+
+    def _stage_proposer(self, p: _Pass) -> None:
+        self._proposing(p, "proposer")
+
+    def _stage_supervisor(self, p: _Pass) -> None:
+        self._proposing(p, "supervisor")
+
+    def _proposing(self, p: _Pass, role: str) -> None:
+        schema = reply_schema(ProposerReply, p.view.space, p.view.n_proposals)
+        reply = self._call(role, ProposerReply, p.values, p.result, schema=schema)
+        p.result.proposals = list(reply.proposals)
+        p.proposed = reply.diagnosis or None
+
+    def _stage_planner(self, p: _Pass) -> None:
+        schema = reply_schema(PlannerReply, p.view.space, p.view.n_proposals)
+        reply = self._call("planner", PlannerReply, p.values, p.result, schema=schema)
+        result = p.result
+        result.step = reply.step
+        result.proposals = list(reply.proposals)
+        p.proposed = reply.rationale or None
+        if reply.step == "stop":
+            result.stop = True
+            result.stop_reason = reply.rationale or "the planner asked to stop"
+
+    # -- machinery ---------------------------------------------------------------------------
     def _values(self, view: StudyView) -> dict[str, Any]:
         return prompt_values(view, anonymizer=self.anonymizer, history=self.history)
 
-    # -- calls -------------------------------------------------------------------------------
     def _settings(self, role: str) -> RoleSettings:
         if role == "repair" and role not in self.roles:
-            role = self._proposing_role  # repair speaks with the proposing role's settings
+            role = self.proposing_stage  # repair speaks with the proposing role's settings
+        if role.startswith("consultant_") and role not in self.roles:
+            role = "consultant"
         return self.roles.get(role, self.default)
+
+    def _run(self, fn: Any, view: StudyView) -> ChainResult:
+        result = ChainResult(proposals=[], diagnosis=None)
+        try:
+            fn(view, result)
+        except LLMError as exc:
+            exc.chain_result = result  # type: ignore[attr-defined]
+            raise
+        return result
+
+    def _optional(
+        self, role: str, reply_model: type[R], values: Mapping[str, Any], result: ChainResult,
+        *, drops: str, **kwargs: Any,
+    ) -> R | None:
+        """A call whose failure only drops its input (``drops``); a spent budget still stops."""
+        try:
+            return self._call(role, reply_model, values, result, **kwargs)
+        except BudgetExceeded:
+            raise
+        except LLMError as exc:
+            logger.warning("%s failed (%s): proposing without its %s", role, exc.kind, drops)
+            result.notes.append(f"{role} failed ({exc.kind}): no {drops}")
+            return None
 
     def _call(
         self,
@@ -366,7 +538,8 @@ class _ChainBase:
         result: ChainResult,
         *,
         prompt_role: str | None = None,
-        extra_kwargs: Mapping[str, Any] | None = None,
+        schema: dict[str, Any] | None = None,
+        tools: list[str] | None = None,
         note: str | None = None,
     ) -> R:
         settings = self._settings(role)
@@ -379,6 +552,11 @@ class _ChainBase:
             raise BudgetExceeded(
                 f"agent budget: {why}; raise agent.budget or let the fallback sampler run"
             )
+        extra: dict[str, Any] = {}
+        if schema is not None and _accepts(client, "schema"):
+            extra["schema"] = schema
+        if tools:
+            extra["tools"] = tools
         start = time.perf_counter()
         try:
             completion = client.complete(
@@ -387,26 +565,26 @@ class _ChainBase:
                 system=system,
                 temperature=settings.temperature,
                 max_tokens=settings.max_tokens,
-                **dict(extra_kwargs or {}),
+                **extra,
             )
         except LLMError as exc:
-            usage = getattr(exc, "usage", None) or Usage()
-            record = CallRecord(
+            self._record(CallRecord(
                 role=role,
                 provider=client.provider,
                 model=client.model,
                 system=system,
                 messages=messages,
                 raw_text=str(getattr(exc, "raw_text", "") or ""),
-                usage=usage,
+                usage=getattr(exc, "usage", None) or Usage(),
                 latency_s=time.perf_counter() - start,
                 cached=False,
                 error=f"{exc.kind}: {exc}",
                 note=note,
-            )
-            self._record(record, result)
+                request=exc.request,
+                requested_model=client.model,
+            ), result)
             raise
-        record = CallRecord(
+        self._record(CallRecord(
             role=role,
             provider=completion.provider,
             model=completion.model,
@@ -418,8 +596,10 @@ class _ChainBase:
             cached=completion.cached,
             error=None,
             note=note,
-        )
-        self._record(record, result)
+            request=completion.request or None,
+            requested_model=completion.requested_model or client.model,
+            structured_output=completion.structured_output,
+        ), result)
         return completion.reply
 
     def _record(self, record: CallRecord, result: ChainResult) -> None:
@@ -427,8 +607,6 @@ class _ChainBase:
         result.usage = result.usage + record.usage
         with self._lock:
             self.spent = self.spent + record.usage
-            self._seq += 1
-            seq = self._seq
         logger.debug(
             "%s/%s: %s %s, %d+%d tokens, $%.4f%s%s",
             self.name,
@@ -441,316 +619,3 @@ class _ChainBase:
             " (cached)" if record.cached else "",
             f" error={record.error}" if record.error else "",
         )
-        self._dump(seq, record)
-
-    def _dump(self, seq: int, record: CallRecord) -> None:
-        if self.dump_dir is None:
-            return
-        path = self.dump_dir / f"{int(time.time())}-{seq:05d}-{record.role}.md"
-        body = [
-            f"# {record.role} ({record.provider} / {record.model})",
-            f"usage: {record.usage.input_tokens} in, {record.usage.output_tokens} out, "
-            f"${record.usage.cost_usd:.5f}; latency {record.latency_s:.2f}s; "
-            f"cached={record.cached}; error={record.error}; note={record.note}",
-            "", "## system", "", record.system,
-        ]
-        for m in record.messages:
-            body += ["", f"## {m.role}", "", m.content]
-        body += ["", "## reply (raw)", "", record.raw_text, ""]
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(redact("\n".join(body)), encoding="utf-8")
-        except OSError as exc:
-            logger.warning("cannot dump prompt to %s: %s", path, exc)
-
-    def _run(self, fn: Any, view: StudyView) -> ChainResult:
-        result = ChainResult(proposals=[], diagnosis=None)
-        try:
-            fn(view, result)
-        except LLMError as exc:
-            exc.chain_result = result  # type: ignore[attr-defined]
-            raise
-        return result
-
-    # -- optional roles ----------------------------------------------------------------------
-    def _rule_diagnosis(self, view: StudyView) -> tuple[str | None, str | None]:
-        """(verdict, deterministic diagnosis text) from the trials' curve features."""
-        finished = sorted((t for t in view.trials if t.state in _FINISHED), key=lambda t: t.number)
-        if not finished:
-            return None, None
-        verdict = conclusive_verdict(view.trials, view.directions)
-        if verdict is not None:
-            return verdict, VERDICT_TEXT[verdict]
-        recent = finished[-max(self.history.recent_k, 1):]
-        counts: Counter[str] = Counter()
-        for t in recent:
-            for flag in trial_features(t, view.directions[0]).flags():
-                counts[flag.split("(", 1)[0]] += 1
-        states = Counter(t.state.name.lower() for t in recent)
-        text = f"Last {len(recent)} finished trials: " + ", ".join(
-            f"{n} {s}" for s, n in sorted(states.items())
-        )
-        if counts:
-            text += "; curve flags: " + ", ".join(f"{f} x{n}" for f, n in counts.most_common())
-        return None, text + "."
-
-    def _values_with_rules(
-        self, view: StudyView, result: ChainResult
-    ) -> tuple[dict[str, Any], str | None]:
-        """Prompt values plus the rule diagnosis (also returned) and the researcher's
-        remedies, when any."""
-        values = self._values(view)
-        verdict, rule_text = self._rule_diagnosis(view)
-        result.verdict = verdict
-        self._research(view, values, rule_text, result)
-        if rule_text:
-            values["diagnosis"] = quote(rule_text, max_chars=1000)
-        return values, rule_text
-
-    def _research(
-        self, view: StudyView, values: dict[str, Any], diagnosis: str | None, result: ChainResult
-    ) -> None:
-        """Ask the researcher for remedies; a failure only drops them."""
-        if not self.researcher:
-            return
-        if not diagnosis:
-            result.notes.append("researcher skipped: nothing to diagnose yet")
-            return
-        client = self._settings("researcher").client
-        extra: dict[str, Any] = {}
-        note: str | None = None
-        if _accepts_tools(client) and _is_anthropic(client):
-            extra["tools"] = [dict(WEB_SEARCH_TOOL)]
-            tools_note = "Use web search for recent, well-supported remedies."
-        else:
-            note = "web search unavailable with this client: asked without tools"
-            tools_note = "You have no web access: rely on well-established practice."
-        vals = {**values, "diagnosis": quote(diagnosis, max_chars=2000), "tools_note": tools_note}
-        try:
-            reply = self._call(
-                "researcher", ResearchReply, vals, result, extra_kwargs=extra, note=note
-            )
-        except BudgetExceeded:
-            raise
-        except LLMError as exc:
-            logger.warning("researcher failed (%s): proposing without remedies", exc.kind)
-            result.notes.append(f"researcher failed ({exc.kind}): no remedies")
-            return
-        if reply.remedies:
-            values["remedies"] = "\n".join(
-                f"- {quote(r, max_chars=300)}" for r in reply.remedies[:8]
-            )
-        if note:
-            result.notes.append(note)
-
-    # -- repair ------------------------------------------------------------------------------
-    def repair(self, view: StudyView, previous: ChainResult, errors: list[str]) -> ChainResult:
-        """Ask once more for proposals that fix ``errors`` (one per rejected proposal or issue).
-
-        Raises:
-            LLMError: The repair call failed (the sampler clamps or falls back).
-        """
-
-        def run(view: StudyView, result: ChainResult) -> None:
-            values = self._values(view)
-            values["previous"] = _proposals_json(previous.proposals)
-            values["errors"] = "\n".join(f"- {quote(e, max_chars=400)}" for e in errors) or "none"
-            reply = self._call("repair", ProposerReply, values, result)
-            result.proposals = list(reply.proposals)
-            result.diagnosis = reply.diagnosis or previous.diagnosis
-            result.step = previous.step
-
-        return self._run(run, view)
-
-
-def _accepts_tools(client: LLMClient) -> bool:
-    try:
-        return "tools" in inspect.signature(client.complete).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_anthropic(client: LLMClient) -> bool:
-    return client.provider in ("claude", "anthropic") or type(client).__name__ == "AnthropicClient"
-
-
-class SingleChain(_ChainBase):
-    """One proposer call (plus the optional researcher).
-
-    Args:
-        client: The default LLM client of every role.
-        roles: Per-role settings overriding the default (e.g. ``{"proposer": RoleSettings(...)}``).
-        temperature: Default sampling temperature.
-        max_tokens: Default reply token cap.
-        history: How much history each prompt shows.
-        anonymizer: Applied to free text rendered into prompts.
-        researcher: Ask a researcher for remedies first (off by default).
-        prompts: The prompt templates.
-        budget: Token / cost caps over the chain's lifetime.
-        dump_dir: Directory for one Markdown dump per call (None: no dumps).
-    """
-
-    name = "single"
-
-    def propose(self, view: StudyView) -> ChainResult:
-        """Proposals for ``view.n_proposals`` slots.
-
-        Raises:
-            LLMError: The proposer failed (``exc.chain_result`` holds the partial result).
-        """
-        return self._run(self._propose, view)
-
-    def _propose(self, view: StudyView, result: ChainResult) -> None:
-        values, _ = self._values_with_rules(view, result)
-        self._propose_with(values, result)
-
-    def _propose_with(self, values: dict[str, Any], result: ChainResult) -> None:
-        reply = self._call("proposer", ProposerReply, values, result)
-        result.proposals = list(reply.proposals)
-        if result.diagnosis is None and reply.diagnosis:
-            result.diagnosis = reply.diagnosis
-
-
-class DiagnoseChain(SingleChain):
-    """Analyst → (researcher) → proposer; the analyst is skipped on a conclusive rule verdict.
-
-    Constructor arguments as :class:`SingleChain`.
-    """
-
-    name = "diagnose"
-
-    def _propose(self, view: StudyView, result: ChainResult) -> None:
-        values = self._values(view)
-        verdict, rule_text = self._rule_diagnosis(view)
-        result.verdict = verdict
-        diagnosis: str | None = None
-        block: str | None = None
-        if rule_text is None:
-            result.notes.append("analyst skipped: no finished trial yet")
-        elif verdict is not None:
-            result.notes.append(f"analyst skipped: rule verdict {verdict}")
-            diagnosis = rule_text
-            block = quote(rule_text, max_chars=1000)
-        else:
-            try:
-                reply = self._call("analyst", AnalystReply, values, result)
-            except BudgetExceeded:
-                raise
-            except LLMError as exc:
-                logger.warning("analyst failed (%s): proposing without a diagnosis", exc.kind)
-                result.notes.append(f"analyst failed ({exc.kind}): no diagnosis")
-                diagnosis, block = rule_text, quote(rule_text, max_chars=1000)
-            else:
-                diagnosis = reply.diagnosis
-                lines = [f"diagnosis: {quote(reply.diagnosis, max_chars=1500)}"]
-                lines += [f"finding: {quote(f, max_chars=300)}" for f in reply.findings[:10]]
-                lines += [
-                    f"recommendation: {quote(r, max_chars=300)}"
-                    for r in reply.recommendations[:10]
-                ]
-                block = "\n".join(lines)
-        result.diagnosis = diagnosis
-        self._research(view, values, diagnosis, result)
-        if block:
-            values["diagnosis"] = block
-        self._propose_with(values, result)
-
-
-class ConsultantsChain(_ChainBase):
-    """Two consultants discuss for ``turns`` turns, then a supervisor decides.
-
-    In each turn consultant A sees B's advice of the previous turn and B sees A's advice of this
-    turn, so ``2 * turns + 1`` calls are made (plus the optional researcher).
-
-    Args:
-        turns: Discussion turns (at least 1).
-        **kwargs: As :class:`SingleChain`.
-    """
-
-    name = "consultants"
-    _proposing_role = "supervisor"
-
-    def __init__(self, *, turns: int = 2, **kwargs: Any) -> None:
-        if not isinstance(turns, int) or isinstance(turns, bool) or turns < 1:
-            raise ValueError(f"consultant_turns={turns!r} is invalid: use an integer >= 1")
-        super().__init__(**kwargs)
-        self.turns = turns
-
-    def propose(self, view: StudyView) -> ChainResult:
-        """Proposals from the supervisor after the consultants' discussion.
-
-        Raises:
-            LLMError: A consultant or the supervisor failed.
-        """
-        return self._run(self._propose, view)
-
-    def _propose(self, view: StudyView, result: ChainResult) -> None:
-        values = self._values(view)
-        verdict, rule_text = self._rule_diagnosis(view)
-        result.verdict = verdict
-        self._research(view, values, rule_text, result)
-        last: list[ConsultantReply | None] = [None, None]
-        for turn in range(1, self.turns + 1):
-            for i in (0, 1):
-                other = last[1 - i]
-                other_text = (
-                    "none yet"
-                    if other is None
-                    else f"advice: {quote(other.advice, max_chars=1500)}\n"
-                    f"proposals: {_proposals_json(other.proposals)}"
-                )
-                vals = {
-                    **values,
-                    "persona": CONSULTANT_PERSONAS[i],
-                    "other_advice": other_text,
-                    "turn": str(turn),
-                    "turns": str(self.turns),
-                }
-                last[i] = self._call(
-                    f"consultant_{'ab'[i]}", ConsultantReply, vals, result,
-                    prompt_role="consultant",
-                )
-        advice = []
-        for i, reply in enumerate(last):
-            assert reply is not None
-            advice.append(
-                f"consultant {'AB'[i]} advice: {quote(reply.advice, max_chars=1500)}\n"
-                f"consultant {'AB'[i]} proposals: {_proposals_json(reply.proposals)}"
-            )
-        vals = {**values, "advice": "\n".join(advice)}
-        reply_s = self._call("supervisor", ProposerReply, vals, result)
-        result.proposals = list(reply_s.proposals)
-        result.diagnosis = reply_s.diagnosis or (last[0].advice if last[0] else None)
-
-    def _settings(self, role: str) -> RoleSettings:
-        if role.startswith("consultant_") and role not in self.roles:
-            return self.roles.get("consultant", self.default)
-        return super()._settings(role)
-
-
-class PlannerChain(_ChainBase):
-    """A planner chooses the step (small/medium/radical) or stops, with the proposals.
-
-    Constructor arguments as :class:`SingleChain`.
-    """
-
-    name = "planner"
-    _proposing_role = "planner"
-
-    def propose(self, view: StudyView) -> ChainResult:
-        """The planner's step and proposals; ``stop=True`` when it asks to stop.
-
-        Raises:
-            LLMError: The planner failed.
-        """
-        return self._run(self._propose, view)
-
-    def _propose(self, view: StudyView, result: ChainResult) -> None:
-        values, rule_text = self._values_with_rules(view, result)
-        reply = self._call("planner", PlannerReply, values, result)
-        result.step = reply.step
-        result.proposals = list(reply.proposals)
-        result.diagnosis = reply.rationale or rule_text
-        if reply.step == "stop":
-            result.stop = True
-            result.stop_reason = reply.rationale or "the planner asked to stop"

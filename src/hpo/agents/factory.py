@@ -9,9 +9,10 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     timeout_s: 60
     max_retries: 2
     max_tokens: 2048
-    chain: diagnose         # single | diagnose | consultants | planner
+    chain: diagnose         # a preset (single | diagnose | consultants | planner) or a list of
+                            # stages, e.g. [analyst, consultants, supervisor, checker]
     consultant_turns: 2
-    researcher: false
+    researcher: false       # insert a researcher stage (after the analyst, else first)
     anonymize: true
     sensitive: []           # extra strings to anonymize (besides the caller's names)
     history: {best_k: 8, recent_k: 8}
@@ -21,7 +22,6 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     cache: false
     cache_dir: outputs/.llm_cache
     dump_prompts: true      # the sampler dumps every call under <sweep dir>/llm
-    dump_dir: null          # also write a Markdown copy of each prompt here
     prompts_dir: null       # a directory of replacement prompt templates
     context: null           # the task in a few sentences, shown to every role (the sampler's)
 """
@@ -36,21 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from hpo.agents.cache import CachingClient
-from hpo.agents.chain import (
-    AgentChain,
-    Budget,
-    ConsultantsChain,
-    DiagnoseChain,
-    PlannerChain,
-    RoleSettings,
-    SingleChain,
-)
+from hpo.agents.chain import AgentChain, Budget, RoleSettings, StagedChain
 from hpo.agents.history import Anonymizer, HistoryOptions
 from hpo.agents.prompts import PromptSet
+from hpo.agents.stages import chain_stages
 from hpo.errors import ConfigError
 from hpo.llm.base import LLMClient
 
-__all__ = ["CHAINS", "NO_CREDENTIALS_WARNING", "ROLE_NAMES", "build_chain"]
+__all__ = ["NO_CREDENTIALS_WARNING", "ROLE_NAMES", "build_chain", "chain_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +53,6 @@ NO_CREDENTIALS_WARNING = (
     "(TPE), NOT from an LLM. Set one of them (or put it in .env) to enable the LLM agent chain; "
     "agent=none silences this."
 )
-
-CHAINS: dict[str, type[SingleChain] | type[ConsultantsChain] | type[PlannerChain]] = {
-    "single": SingleChain,
-    "diagnose": DiagnoseChain,
-    "consultants": ConsultantsChain,
-    "planner": PlannerChain,
-}
 
 ROLE_NAMES = (
     "analyst",
@@ -107,7 +93,6 @@ _KNOWN_KEYS = (
     "cache",
     "cache_dir",
     "dump_prompts",
-    "dump_dir",
     "prompts_dir",
     "context",
 )
@@ -130,7 +115,17 @@ def _path(value: Any) -> Path:
     return p if p.is_absolute() else Path.cwd() / p
 
 
+# Keys that existed once: what replaced them.
+_REMOVED_KEYS = {
+    "dump_dir": "the sampler writes one JSON audit dump per call under <sweep dir>/llm "
+                "(agent.dump_prompts): remove agent.dump_dir",
+}
+
+
 def _check_keys(cfg: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key, why in _REMOVED_KEYS.items():
+        if key in cfg:
+            raise ConfigError(f"{where} key {key!r} was removed: {why}")
     unknown = sorted(str(k) for k in cfg if k not in known)
     if unknown:
         raise ConfigError(
@@ -172,6 +167,20 @@ def _client_kwargs(cfg: Mapping[str, Any], provider: str) -> dict[str, Any]:
     return kw
 
 
+def chain_config(agent_cfg: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The chain's name and stages from ``agent.chain`` and ``agent.researcher``.
+
+    Raises:
+        ConfigError: An unknown preset or stage, or a list that cannot run (one line naming the
+            bad value and the fix).
+    """
+    try:
+        return chain_stages(agent_cfg.get("chain"),
+                            researcher=bool(agent_cfg.get("researcher", False)))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def build_chain(
     agent_cfg: Mapping[str, Any],
     *,
@@ -199,11 +208,8 @@ def build_chain(
     cfg = dict(agent_cfg)
     _check_keys(cfg, _KNOWN_KEYS, "agent config")
     # checked before deciding there is no LLM, so a typo never passes silently
-    chain_name = str(cfg.get("chain") or "diagnose").strip().lower()
-    if chain_name not in CHAINS:
-        raise ConfigError(
-            f"agent.chain={chain_name!r} is unknown: use one of {', '.join(CHAINS)}"
-        )
+    chain_name, stages = chain_config(cfg)
+    turns = _num(cfg, "consultant_turns", low=1, integer=True)
     temperature = _num(cfg, "temperature", low=0.0, high=2.0)
     _num(cfg, "fallback_share", low=0.0, high=1.0)
     provider = str(cfg.get("provider") or "none").strip().lower()
@@ -293,32 +299,22 @@ def build_chain(
         prompts = PromptSet(directory=_path(prompts_dir) if prompts_dir else None)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    # The sampler writes the audit dumps under the sweep directory; the chain adds a Markdown
-    # copy only where dump_dir names a folder.
-    dump_dir = None
-    if cfg.get("dump_prompts", True) and cfg.get("dump_dir"):
-        dump_dir = _path(cfg["dump_dir"])
-
-    common: dict[str, Any] = {
-        "client": client,
-        "roles": roles,
-        "temperature": temperature,
-        "max_tokens": base_kwargs.get("max_tokens"),
-        "history": history,
-        "anonymizer": anonymizer,
-        "researcher": bool(cfg.get("researcher", False)),
-        "prompts": prompts,
-        "budget": budget,
-        "dump_dir": dump_dir,
-    }
-    chain: AgentChain
-    if chain_name == "consultants":
-        turns = _num(cfg, "consultant_turns", low=1, integer=True)
-        chain = ConsultantsChain(turns=2 if turns is None else turns, **common)
-    else:
-        chain = CHAINS[chain_name](**common)
+    # the sampler writes the one audit dump of every call (agent.dump_prompts)
+    chain = StagedChain(
+        stages,
+        name=chain_name,
+        client=client,
+        roles=roles,
+        temperature=temperature,
+        max_tokens=base_kwargs.get("max_tokens"),
+        history=history,
+        anonymizer=anonymizer,
+        prompts=prompts,
+        budget=budget,
+        consultant_turns=2 if turns is None else turns,
+    )
     logger.info(
-        "agent chain %s: %s / %s%s", chain_name, client.provider, client.model,
-        " (cached)" if cache else "",
+        "agent chain %s %s: %s / %s%s", chain_name, list(stages), client.provider,
+        client.model, " (cached)" if cache else "",
     )
     return chain

@@ -2,7 +2,11 @@
 
 The rendered text has a fixed shape whatever the number of trials: summary statistics, per-param
 ranges tried, the best k trials, the k most recent ones and every running trial (params only,
-so nothing is proposed twice; capped at ``max_running``). One line per trial.
+so nothing is proposed twice; capped at ``max_running``). One line per trial; every field a line
+uses is explained by :data:`HISTORY_LEGEND`, which the prompts show beside the history.
+Log-scale values are followed by their log10 in brackets (``lr=0.001[-3]``); per-class scores
+are trimmed to the informative classes (the weakest, and the one that moved most against the
+best trial), with a count of what was left out.
 
 Everything that comes from storage and is not a number or a search-space value (metric names,
 class names, notes such as a failure reason, task context) is data: it is anonymized, truncated
@@ -21,7 +25,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +34,7 @@ from hpo.agents.features import fold_summary, per_class_summary, trial_features
 from hpo.space import ParamSpec
 
 __all__ = [
+    "HISTORY_LEGEND",
     "Anonymizer",
     "HistoryOptions",
     "estimate_tokens",
@@ -38,6 +43,19 @@ __all__ = [
     "render_history",
     "render_trial_line",
 ]
+
+HISTORY_LEGEND = (
+    "#N STATE = trial number and state (PRUNED: stopped early by the pruner); src = where its "
+    "params came from (baseline: the config defaults, llm, repaired, clamped, fallback: the "
+    "classical sampler); then the objective values and the params, as one row in the order "
+    "the 'trial rows' line gives; v[x] = a log-scale value v and its log10 x; steps = "
+    "intermediate values reported (one per epoch); last = the last one; best=v@s = the best "
+    "of them, v, reached at step s (shown when it came before the last step); gap = the "
+    "generalization gap at the last epoch (val minus train for a loss, train minus val for a "
+    "score: above 0 the validation is worse); flags = curve problems found by rules; "
+    "per_class = per-class scores, trimmed as the 'per_class notes' line says; folds = "
+    "cross-validation folds; note = a recorded message such as a failure reason."
+)
 
 _PATH_RE = re.compile(r"(?<![\w/.~])(?:~|[A-Za-z]:)?[/\\](?:[\w.\-~]+[/\\])+[\w.\-~]*")
 
@@ -161,6 +179,8 @@ class HistoryOptions:
         source_attr: User attr naming where a trial's params came from (the sampler's
             ``hpo:source``: baseline, llm, fallback, ...), rendered as ``src=...``; None: not.
         max_choices: Categorical choices listed per param in the ranges summary.
+        per_class_k: Weakest classes named per trial (of the first per-class metric); the class
+            that moved most against the best trial is added, the rest only counted.
     """
 
     best_k: int = 8
@@ -170,9 +190,11 @@ class HistoryOptions:
     note_attrs: tuple[str, ...] = ("hpo:error", "fail_reason")
     source_attr: str | None = "hpo:source"
     max_choices: int = 16
+    per_class_k: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("best_k", "recent_k", "max_running", "max_text_chars", "max_choices"):
+        for name in ("best_k", "recent_k", "max_running", "max_text_chars", "max_choices",
+                     "per_class_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"history {name}={value!r} is invalid: use an integer >= 0")
@@ -192,7 +214,15 @@ class HistoryOptions:
         return cls(**cfg)
 
 
-def _fmt_num(v: Any) -> str:
+# Significant digits: objective values keep 6 (they rank trials); numeric params, curve values
+# and per-class scores fewer (they are read, not compared at the 6th digit, and a tokenizer
+# spends one token per digit).
+_DIGITS_PARAM = 3
+_DIGITS_CURVE = 4
+_DIGITS_CLASS = 3
+
+
+def _fmt_num(v: Any, digits: int = 6) -> str:
     if isinstance(v, bool) or v is None:
         return json.dumps(v)
     if isinstance(v, int):
@@ -202,15 +232,16 @@ def _fmt_num(v: Any) -> str:
             return "nan"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
-        return f"{v:.6g}"
+        return f"{v:.{digits}g}"
     return quote(v)
 
 
-def _fmt_param(v: Any) -> str:
-    """Search-space values are kept verbatim (JSON), never anonymized; strings still quoted."""
+def _fmt_param(v: Any, *, numeric: bool = False) -> str:
+    """Search-space values, never anonymized: choices verbatim (JSON; strings quoted), values of
+    a numeric (float/int) parameter with ``_DIGITS_PARAM`` significant digits."""
     if isinstance(v, str):
         return quote(v, max_chars=200)
-    return _fmt_num(v)
+    return _fmt_num(v, _DIGITS_PARAM) if numeric else _fmt_num(v)
 
 
 def _finite_values(t: FrozenTrial) -> list[float] | None:
@@ -238,6 +269,13 @@ class _Ctx:
         self.names = list(objective_names) or [f"objective_{i}" for i in range(len(directions))]
         self.anon = anonymizer
         self.opt = options
+        self.log_scale = {p.name for p in self.space if getattr(p.distribution, "log", False)}
+        self.numeric = {p.name for p in self.space
+                        if isinstance(p.distribution, FloatDistribution | IntDistribution)}
+        # the best trial's per-class scores: what "moved most" is measured against, and the
+        # metric the notes show
+        self.reference: tuple[int, Mapping[str, Any]] | None = None
+        self.per_class_metric: str | None = None
 
     def text(self, s: Any) -> str:
         return quote(self.anon.apply(str(s)), max_chars=self.opt.max_text_chars)
@@ -263,12 +301,78 @@ def render_trial_line(
     return _line(trial, ctx)
 
 
+def _log10(v: Any) -> str:
+    """``"[x]"``: the log10 of a positive number (two decimals at most), else ``""``."""
+    if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 and math.isfinite(v):
+        x = f"{math.log10(v):.2f}".rstrip("0").rstrip(".")
+        return f"[{'0' if x in ('-0', '') else x}]"
+    return ""
+
+
+def _value_text(name: str, value: Any, ctx: _Ctx) -> str:
+    text = _fmt_param(value, numeric=name in ctx.numeric)
+    return text + _log10(value) if name in ctx.log_scale else text
+
+
 def _params_text(trial: FrozenTrial, ctx: _Ctx) -> str:
-    names = [p.name for p in ctx.space] or list(trial.params)
-    parts = [f"{n}={_fmt_param(trial.params[n])}" for n in names if n in trial.params]
-    extra = [n for n in trial.params if n not in set(names)]
-    parts += [f"{n}={_fmt_param(trial.params[n])}" for n in extra]
-    return ", ".join(parts)
+    """The params as a row in search-space order (``-``: not set), then any param outside the
+    space as ``name=value``; without a known space, every param as ``name=value``."""
+    params = trial.params
+    row = [_value_text(p.name, params[p.name], ctx) if p.name in params else "-"
+           for p in ctx.space]
+    known = {p.name for p in ctx.space}
+    row += [f"{n}={_value_text(n, v, ctx)}" for n, v in params.items() if n not in known]
+    return ", ".join(row)
+
+
+def _per_class_text(trial: FrozenTrial, ctx: _Ctx) -> str | None:
+    """The first per-class metric, trimmed: mean, weakest k, the class that moved most."""
+    table_all = trial.user_attrs.get("per_class")
+    summaries = per_class_summary(table_all, k=ctx.opt.per_class_k)
+    if not summaries:
+        return None
+    pc = summaries[0]
+    shown = {c for c, _ in pc.weakest}
+    ref = ctx.reference
+    # the metric is named when it is not the one the 'per_class notes' line names
+    named = pc.metric != ctx.per_class_metric
+    text = (f"per_class {ctx.text(pc.metric) + ' ' if named else ''}"
+            f"mean={_fmt_num(pc.mean, _DIGITS_CLASS)} weakest "
+            + ", ".join(f"{ctx.text(c)}={_fmt_num(v, _DIGITS_CLASS)}" for c, v in pc.weakest))
+    ref_table = ref[1].get(pc.metric) if ref is not None and ref[0] != trial.number else None
+    if isinstance(ref_table, Mapping) and isinstance(table_all, Mapping):
+        moved: tuple[float, str, float, float] | None = None
+        for c, v in (table_all.get(pc.metric) or {}).items():
+            r = ref_table.get(c)
+            if str(c) in shown or not _is_num(v) or not _is_num(r):
+                continue
+            change = float(v) - float(r)
+            if math.isfinite(change) and (moved is None or abs(change) > moved[0]):
+                moved = (abs(change), str(c), float(v), change)
+        if moved is not None and moved[0] > 0:
+            shown.add(moved[1])
+            text += (f" moved {ctx.text(moved[1])}={_fmt_num(moved[2], _DIGITS_CLASS)}"
+                     f"({moved[3]:+.2g})")
+    if pc.n_classes > len(shown):
+        text += f" +{pc.n_classes - len(shown)} not shown"
+    return text
+
+
+def _per_class_note(ctx: _Ctx) -> str | None:
+    """One line saying what the per-class notes show and leave out, or None."""
+    if ctx.reference is None or ctx.per_class_metric is None:
+        return None
+    number, table = ctx.reference
+    metrics = [ctx.text(s.metric) for s in per_class_summary(table, k=0)]
+    left = f" ({', '.join(metrics[1:])} left out)" if len(metrics) > 1 else ""
+    return (f"per_class notes: metric {metrics[0]} only{left}; its mean, the "
+            f"{ctx.opt.per_class_k} weakest classes, the class that moved most against "
+            f"#{number} (the best trial with per-class scores; change in brackets) and how "
+            "many classes are not shown")
+
+
+def _is_num(v: Any) -> TypeGuard[int | float]:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _line(trial: FrozenTrial, ctx: _Ctx) -> str:
@@ -277,38 +381,33 @@ def _line(trial: FrozenTrial, ctx: _Ctx) -> str:
     src = trial.user_attrs.get(ctx.opt.source_attr) if ctx.opt.source_attr else None
     if src not in (None, ""):
         head += f" src={quote(src, max_chars=24)}"
+    values = ", ".join(_fmt_num(v) for v in trial.values) if trial.values is not None else "-"
     if trial.state == TrialState.RUNNING:
-        return f"{head} | {_params_text(trial, ctx)}"
-    segs = [head]
-    if trial.values is not None:
-        pairs = zip(ctx.names, trial.values, strict=False)
-        segs.append(" ".join(f"{ctx.text(n)}={_fmt_num(v)}" for n, v in pairs))
-    segs.append(_params_text(trial, ctx))
+        return f"{head} | {values} | {_params_text(trial, ctx)}"
+    segs = [head, values, _params_text(trial, ctx)]
     extras: list[str] = []
     if trial.intermediate_values:
         f = trial_features(trial, ctx.directions[0] if ctx.directions else "minimize")
         curve = f"steps={f.n_steps}"
         if f.last is not None and trial.values is None:
-            curve += f" last={_fmt_num(f.last)}"
-        if f.best is not None:
-            curve += f" best={_fmt_num(f.best)}@{f.best_step}"
+            curve += f" last={_fmt_num(f.last, _DIGITS_CURVE)}"
+        if f.best is not None and f.steps_since_best:  # else the best is the last value
+            curve += f" best={_fmt_num(f.best, _DIGITS_CURVE)}@{f.best_step}"
         if f.overfit_gap is not None and not f.overfit:
-            curve += f" gap={_fmt_num(f.overfit_gap)}"
+            curve += f" gap={_fmt_num(f.overfit_gap, _DIGITS_CLASS)}"
         flags = f.flags()
         if flags:
             curve += " flags=" + ",".join(flags)
         extras.append(curve)
     attrs = trial.user_attrs
-    for pc in per_class_summary(attrs.get("per_class"), k=3):
-        weakest = ", ".join(f"{ctx.text(c)}={_fmt_num(v)}" for c, v in pc.weakest)
-        extras.append(
-            f"per_class {ctx.text(pc.metric)} mean={_fmt_num(pc.mean)} weakest: {weakest}"
-        )
+    per_class = _per_class_text(trial, ctx)
+    if per_class:
+        extras.append(per_class)
     fs = fold_summary(attrs.get("folds"))
     if fs is not None:
         extras.append(
-            f"folds n={fs.n} mean={_fmt_num(fs.mean)} std={_fmt_num(fs.std)} "
-            f"min={_fmt_num(fs.min)}"
+            f"folds n={fs.n} mean={_fmt_num(fs.mean, _DIGITS_CURVE)} "
+            f"std={_fmt_num(fs.std, _DIGITS_CURVE)} min={_fmt_num(fs.min, _DIGITS_CURVE)}"
         )
     for key in ctx.opt.note_attrs:
         if key in attrs and attrs[key] not in (None, ""):
@@ -369,7 +468,7 @@ def _ranges(finished: list[FrozenTrial], best: list[FrozenTrial], ctx: _Ctx) -> 
             raw = Counter((type(v).__name__, v) for v in vals)
             counts: Counter[str] = Counter()
             for (_, v), n in raw.items():
-                counts[_fmt_param(v)] += n
+                counts[_fmt_param(v)] += n  # choices: verbatim
             shown = counts.most_common(ctx.opt.max_choices)
             txt = ", ".join(f"{c} x{n}" for c, n in shown)
             more = len(counts) - len(shown)
@@ -385,17 +484,27 @@ def _ranges(finished: list[FrozenTrial], best: list[FrozenTrial], ctx: _Ctx) -> 
         ]
         if not nums:
             continue
-        line = (f"  {spec.name}: tried {_fmt_num(float(min(nums)))}.."
-                f"{_fmt_num(float(max(nums)))} (n={len(nums)})")
+        line = f"  {spec.name}: tried {_span(min(nums), max(nums), name in ctx.log_scale)}"
+        if len(nums) < len(finished):  # a conditional parameter: how often it was set
+            line += f" (set in {len(nums)} of {len(finished)})"
         top = [
-            float(t.params[spec.name])
+            t.params[spec.name]
             for t in best
             if isinstance(t.params.get(spec.name), int | float)
         ]
         if top:
-            line += f"; best trials {_fmt_num(min(top))}..{_fmt_num(max(top))}"
+            line += f"; best trials {_span(min(top), max(top), name in ctx.log_scale)}"
         out.append(line)
     return out
+
+
+def _span(low: Any, high: Any, log: bool) -> str:
+    """``low..high``, with the log10 of each bound in brackets for a log-scale parameter."""
+    lo, hi = low, high
+    if log:
+        return (f"{_fmt_num(lo, _DIGITS_PARAM)}{_log10(lo)}.."
+                f"{_fmt_num(hi, _DIGITS_PARAM)}{_log10(hi)}")
+    return f"{_fmt_num(lo, _DIGITS_PARAM)}..{_fmt_num(hi, _DIGITS_PARAM)}"
 
 
 def render_history(
@@ -458,10 +567,27 @@ def render_history(
         )
 
     best = _best(complete, ctx, ctx.opt.best_k)
+    ref = next((t for t in best if isinstance(t.user_attrs.get("per_class"), Mapping)), None)
+    if ref is not None:
+        ctx.reference = (ref.number, ref.user_attrs["per_class"])
+        first = per_class_summary(ctx.reference[1], k=0)
+        ctx.per_class_metric = first[0].metric if first else None
     if ctx.space:
         lines.append("params tried (finished trials; 'best trials' = range among the best):")
         lines.extend(_ranges(finished, best, ctx))
 
+    if best or finished or running:
+        params = (
+            "params in this order: " + ", ".join(p.name for p in ctx.space) + " ('-': not set)"
+            if ctx.space else "params as name=value"
+        )
+        lines.append(
+            f"trial rows: #N STATE src | {', '.join(ctx.text(n) for n in ctx.names)} ('-': no "
+            f"value) | {params} | curve and other notes"
+        )
+    note = _per_class_note(ctx)
+    if note:
+        lines.append(note)
     if best:
         label = "pareto front" if len(ctx.directions) > 1 else "best"
         lines.append(f"{label} {len(best)}:")

@@ -1,8 +1,11 @@
 """Pydantic reply models of the agent roles: what an LLM reply must parse into.
 
-The schemas stay simple on purpose: they are sent as an OpenAI ``json_schema`` response format
-and as an Anthropic tool ``input_schema``. Nothing in a reply is ever executed; parameter values
-are checked against the search space by the sampler before they become a trial.
+The schemas stay simple on purpose: they are sent as an OpenAI ``json_schema`` response format,
+a llama.cpp grammar and an Anthropic tool ``input_schema``. Field order is the order a model
+writes its reply in: reasoning (diagnosis, rationale) before the numbers. For the proposing
+roles :func:`hpo.agents.schema.reply_schema` narrows the schema per call to the search space.
+Nothing in a reply is ever executed; parameter values are checked against the search space by
+the sampler before they become a trial.
 """
 
 from __future__ import annotations
@@ -29,19 +32,19 @@ class _Reply(BaseModel):
 
 
 class Proposal(_Reply):
-    """One candidate configuration: a value for each search-space parameter, and why."""
+    """One candidate configuration: why, then a value for each active search-space parameter."""
 
-    params: dict[str, ParamValue] = Field(
-        description="One value per search-space parameter, keyed by the parameter name."
-    )
     rationale: str = Field(default="", description="One or two sentences: why this candidate.")
+    params: dict[str, ParamValue] = Field(
+        description="One value per active search-space parameter, keyed by the parameter name."
+    )
 
 
 class ProposerReply(_Reply):
-    """The proposer's (and the repair role's) reply."""
+    """The proposer's (and the repair role's) reply: the diagnosis first, then the proposals."""
 
-    proposals: list[Proposal]
     diagnosis: str = Field(default="", description="What the history shows, in brief.")
+    proposals: list[Proposal]
 
 
 class AnalystReply(_Reply):
@@ -53,17 +56,17 @@ class AnalystReply(_Reply):
 
 
 class ConsultantReply(_Reply):
-    """One consultant's advice for this turn plus its candidate configurations."""
+    """One consultant's advice for this turn, then its candidate configurations."""
 
-    advice: str
+    advice: str = Field(description="A few sentences: what to do next and why.")
     proposals: list[Proposal] = Field(default_factory=list)
 
 
 class PlannerReply(_Reply):
-    """The planner's step size (or stop) with the proposals that take that step."""
+    """The planner's reasoning, its step size (or stop), and the proposals that take that step."""
 
+    rationale: str = Field(default="", description="Why this step, given the history and budget.")
     step: Literal["small", "medium", "radical", "stop"]
-    rationale: str = ""
     proposals: list[Proposal] = Field(default_factory=list)
 
 
