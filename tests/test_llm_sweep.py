@@ -200,8 +200,8 @@ def test_openai_requests_carry_the_stored_history(openai_sweep: Sweep) -> None:
     (busy,) = [t for t in trials[:3] if t not in done]
     assert f"#{busy.number} RUNNING" in history  # and the one still in flight
     assert "src=\"baseline\"" in history and "src=\"llm\"" in history
-    for t in trials[:3]:
-        assert f"optimizer.lr={t.params['optimizer.lr']:.6g}" in history
+    for t in trials[:3]:  # params as one row each, lr first, with its log10
+        assert f"| {t.params['optimizer.lr']:.3g}[" in history, history
 
 
 @pytest.mark.slow
