@@ -900,6 +900,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         owner = self.server.owner
         if self.path.rstrip("/").endswith("/models"):
+            owner._listed()
             ids = owner.served_models or [owner.model or "fake-model"]
             body = {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
             self._send(200, json.dumps(body).encode())
@@ -1021,6 +1022,7 @@ class FakeLLMServer:
         self.served_models = self._config[2]
         self._active = 0
         self._disconnects = 0
+        self._models_listed = 0
         self._host = host
         self._port = port
         self._seed = seed
@@ -1117,6 +1119,10 @@ class FakeLLMServer:
         with self._lock:
             self._disconnects += 1
 
+    def _listed(self) -> None:
+        with self._lock:
+            self._models_listed += 1
+
     def _refusal(self, req: RecordedRequest) -> FakeReply | None:
         """What the server itself answers before any model runs (not a scripted reply)."""
         if self.served_models is not None and req.model not in self.served_models:
@@ -1169,6 +1175,12 @@ class FakeLLMServer:
             return self._disconnects
 
     @property
+    def models_listed(self) -> int:
+        """How many times ``GET /v1/models`` was asked."""
+        with self._lock:
+            return self._models_listed
+
+    @property
     def pending(self) -> int:
         """Scripted behaviours not consumed yet."""
         with self._lock:
@@ -1188,6 +1200,7 @@ class FakeLLMServer:
             self._requests.clear()
             self._queue.clear()
             self._disconnects = 0
+            self._models_listed = 0
             self.responder = self._default
             self.flavor, self.model, served = self._config
             self.served_models = list(served) if served is not None else None
