@@ -385,6 +385,9 @@ def test_trickled_reply_arrives_whole_for_a_patient_client(server: FakeLLMServer
     status, _, data = post(server.openai_base_url + "/chat/completions", {})
     assert status == 200 and json.loads(data["choices"][0]["message"]["content"]) == {
         "answer": 42}
+    deadline = time.time() + 10
+    while server.active and time.time() < deadline:  # the handler ends just after its write
+        time.sleep(0.02)
     assert server.active == 0 and server.disconnects == 0
 
 
