@@ -3,7 +3,11 @@ errors with their fix, and provider-neutral web search: real SDK clients, loopba
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import logging
+import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -302,3 +306,58 @@ def test_providers_without_web_search_say_so(
     assert client.server_tools == frozenset()
     with pytest.raises(ValueError, match="cannot use the server tool 'web_search'"):
         ask(client, tools=["web_search"])
+
+
+# ---------------------------------------------------------------------------- proxies
+
+
+class _ForwardingProxy(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP proxy on loopback that sends every request to one upstream server."""
+
+    protocol_version = "HTTP/1.1"
+    upstream = ""
+    seen: list[str] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        type(self).seen.append(self.path)  # an absolute URL: the client used the proxy
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        target = urllib.parse.urlsplit(self.path)
+        host, port = urllib.parse.urlsplit(self.upstream).netloc.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        conn.request("POST", target.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        conn.close()
+
+
+def test_environment_proxies_are_honoured_except_for_loopback(
+    clean_env: pytest.MonkeyPatch, servers: tuple[FakeLLMServer, ...]
+) -> None:
+    server = servers[0]
+    _ForwardingProxy.upstream = server.url
+    _ForwardingProxy.seen = []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardingProxy)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        clean_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        remote = OpenAIClient(model="m", api_key=KEY, base_url="http://llm.invalid/v1",
+                              max_retries=0)
+        assert ask(remote).reply.remedies
+        assert _ForwardingProxy.seen == ["http://llm.invalid/v1/chat/completions"]
+        local = OpenAIClient(model="m", api_key=KEY, base_url=server.openai_base_url,
+                             max_retries=0)
+        assert ask(local).reply.remedies
+        assert len(_ForwardingProxy.seen) == 1 and len(server.requests) == 2
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -339,8 +339,8 @@ class DeadlineTransport(httpx2.BaseTransport):
     # -- pools (direct, or one per environment proxy) ----------------------------------------
     def _pool_for(self, url: httpx2.URL) -> httpcore2.ConnectionPool:
         proxy = self._proxies.get(url.scheme)
-        if proxy and urllib.request.proxy_bypass(url.host):
-            proxy = None
+        if proxy and (_is_loopback(url.host) or urllib.request.proxy_bypass(url.host)):
+            proxy = None  # a proxy cannot reach this machine's own servers
         key = proxy or ""
         with self._lock:
             pool = self._pools.get(key)
@@ -462,6 +462,10 @@ class DeadlineTransport(httpx2.BaseTransport):
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _int(value: Any, default: int = 0) -> int:
