@@ -270,9 +270,13 @@ def test_repair(server, studies):
 def test_researcher_hands_remedies_to_the_proposer(server, studies):
     chain = build_chain(_cfg(researcher=True))
     result = chain.propose(_view(studies["mixed"]))
-    names = [r.body["response_format"]["json_schema"]["name"] for r in server.requests]
-    assert names == ["ResearchReply", "ProposerReply"]
-    assert result.calls[0].note and "without tools" in result.calls[0].note
+    research, proposer = server.requests
+    # the openai preset searches the web through the Responses API; the proposer uses chat
+    assert research.api == "responses" and "web_search" in research.server_tools
+    assert research.body["text"]["format"]["name"] == "ResearchReply"
+    assert proposer.body["response_format"]["json_schema"]["name"] == "ProposerReply"
+    assert [c.role for c in result.calls] == ["researcher", "proposer"]
+    assert not result.calls[0].note
     remedies = server.requests[1].last_user_text.split("<remedies>", 1)[1]
     assert remedies.lstrip().startswith('- "fake remed')
 

@@ -320,3 +320,93 @@ def _call(client: OpenAIClient) -> list[BaseException]:
     except Exception as exc:
         return [exc]
     return []
+
+
+# ---------------------------------------------------------------------------- realism
+
+
+def test_served_models_and_alias(server: FakeLLMServer) -> None:
+    server.served_models = ["a-model", "b-model"]
+    server.model = "alias.gguf"
+    with urllib.request.urlopen(server.openai_base_url + "/models", timeout=5) as resp:
+        assert [m["id"] for m in json.loads(resp.read())["data"]] == ["a-model", "b-model"]
+    assert server.models_listed == 1
+    status, _, data = post(server.openai_base_url + "/chat/completions",
+                           {"model": "c-model", "messages": [{"role": "user", "content": "x"}]})
+    assert status == 404 and "`c-model` does not exist" in data["error"]["message"]
+    status, _, data = post(server.openai_base_url + "/chat/completions",
+                           {"model": "a-model", "messages": [{"role": "user", "content": "x"}]})
+    assert status == 200 and data["model"] == "alias.gguf"
+    server.reset()  # back to the constructor's settings
+    assert server.served_models is None and server.model is None
+
+
+def test_llama_cpp_python_flavor(server: FakeLLMServer) -> None:
+    server.flavor = "llama_cpp_python"
+    schema = ProposerReply.model_json_schema()
+    chat = {"model": "m", "messages": [{"role": "user", "content": prompt(2)}]}
+    status, _, data = post(server.openai_base_url + "/chat/completions", {
+        **chat, "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}})
+    assert status == 500 and "Input should be 'text' or 'json_object'" in data["error"]["message"]
+    status, _, data = post(server.openai_base_url + "/chat/completions", {
+        **chat, "response_format": {"type": "json_object", "schema": schema}})
+    reply = ProposerReply.model_validate_json(data["choices"][0]["message"]["content"])
+    assert status == 200 and len(reply.proposals) == 2
+    assert [r.form for r in server.requests] == ["json_schema", "json_object"]
+
+
+def test_openai_tool_call_and_responses_wire_shapes(server: FakeLLMServer) -> None:
+    schema = ProposerReply.model_json_schema()
+    _, _, data = post(server.openai_base_url + "/chat/completions", {
+        "model": "m", "messages": [{"role": "user", "content": prompt(1)}],
+        "tools": [{"type": "function", "function": {"name": "reply", "parameters": schema}}],
+        "tool_choice": {"type": "function", "function": {"name": "reply"}}})
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "reply"
+    ProposerReply.model_validate_json(call["function"]["arguments"])
+    _, _, data = post(server.openai_base_url + "/responses", {
+        "model": "gpt-x", "input": prompt(3), "instructions": "be brief",
+        "tools": [{"type": "web_search"}],
+        "text": {"format": {"type": "json_schema", "name": "r", "schema": schema}}})
+    assert data["object"] == "response" and data["status"] == "completed"
+    search, message = data["output"]
+    assert search["type"] == "web_search_call" and message["type"] == "message"
+    reply = ProposerReply.model_validate_json(message["content"][0]["text"])
+    assert len(reply.proposals) == 3
+    req = server.requests[-1]
+    assert req.api == "responses" and req.system == "be brief" and req.server_tools == (
+        "web_search",)
+
+
+def test_trickled_reply_arrives_whole_for_a_patient_client(server: FakeLLMServer) -> None:
+    server.script([FakeReply.trickle(400.0, {"answer": 42})])
+    status, _, data = post(server.openai_base_url + "/chat/completions", {})
+    assert status == 200 and json.loads(data["choices"][0]["message"]["content"]) == {
+        "answer": 42}
+    deadline = time.time() + 10
+    while server.active and time.time() < deadline:  # the handler ends just after its write
+        time.sleep(0.02)
+    assert server.active == 0 and server.disconnects == 0
+
+
+def test_a_client_leaving_a_stalled_reply_is_seen(server: FakeLLMServer) -> None:
+    server.script([FakeReply.stalled(after_bytes=3)])
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 2\r\n\r\n{}")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        deadline = time.time() + 10
+        while server.active != 1 and time.time() < deadline:
+            time.sleep(0.02)
+        assert server.active == 1
+    deadline = time.time() + 10
+    while server.disconnects != 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.disconnects == 1 and server.active == 0
+
+
+def test_loopback_only() -> None:
+    with pytest.raises(ValueError, match="loopback only"):
+        FakeLLMServer(host="0.0.0.0")

@@ -130,9 +130,10 @@ def proposer_requests(server: FakeLLMServer) -> list[Any]:
         # slower than agent.timeout_s, no retry left: fallback, the sweep goes on
         ("timeout", {"timeout_s": 0.3}, [FakeReply.timeout(1.5)], "fallback",
          "llm_error:timeout", 1),
-        # the SDK's own retry (agent.max_retries) rides out one timeout
-        ("timeout_then_ok", {"timeout_s": 0.3, "max_retries": 1},
-         [FakeReply.timeout(1.5), ok(GOOD)], "llm", None, 2),
+        # agent.timeout_s bounds the whole call: a retry left (agent.max_retries) is not
+        # made past the deadline; the next trial asks again and gets its reply
+        ("timeout_no_retry_past_deadline", {"timeout_s": 0.3, "max_retries": 1},
+         [FakeReply.timeout(1.5), ok(GOOD)], "fallback", "llm_error:timeout", 1),
         ("429_retry_after", {"max_retries": 2}, [FakeReply.rate_limited(0.3), ok(GOOD)], "llm",
          None, 2),
         ("429_exhausted", {}, [FakeReply.rate_limited()], "fallback", "llm_error:rate_limited",
@@ -435,7 +436,7 @@ def test_cli_sweep_rides_out_every_fault(server: FakeLLMServer, tmp_path: Path) 
         FakeReply(text=fenced),                                     # trial 4: fenced JSON
         ok(far), ok(far),                                           # trial 5: clamp+fallback
         ok(P[0], P[1]),                                             # trial 6: P[0] dropped
-        FakeReply.timeout(4.0), FakeReply.timeout(4.0),             # trial 7: timeout
+        FakeReply.timeout(4.0),                                     # trial 7: timeout
     ])
     env = clean_env(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=server.openai_base_url)
     db = tmp_path / "cli.db"

@@ -174,13 +174,18 @@ def test_openai_request_uses_json_schema(server: FakeLLMServer) -> None:
     assert server.requests[0].headers["authorization"] == f"Bearer {KEY}"
 
 
-def test_openai_json_mode_puts_schema_in_system(server: FakeLLMServer) -> None:
+def test_openai_json_object_sends_the_schema_and_puts_it_in_system(
+    server: FakeLLMServer,
+) -> None:
     server.script([ANSWER])
-    done = ask(build("openai", server, json_mode=True))
+    done = ask(build("openai", server, structured_output="json_object"))
     assert done.reply == Answer.model_validate(ANSWER)
     req = server.requests[0]
-    assert req.body["response_format"] == {"type": "json_object"}
+    assert req.body["response_format"] == {
+        "type": "json_object", "schema": Answer.model_json_schema()
+    }
     assert "JSON" in req.system and '"answer"' in req.system
+    assert done.structured_output == "json_object"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -422,13 +427,13 @@ def test_explicit_overrides(clean_env: pytest.MonkeyPatch, server: FakeLLMServer
         model="gpt-4.1-mini",
         api_key_env="MY_KEY",
         base_url=server.openai_base_url,
-        json_mode=True,
+        structured_output="json_object",
         max_retries=0,
     )
     server.script([ANSWER])
     ask(client)
     req = server.requests[0]
     assert req.model == "gpt-4.1-mini" and req.api_key == KEY
-    assert req.body["response_format"] == {"type": "json_object"}
+    assert req.body["response_format"]["type"] == "json_object"
     with pytest.raises(ConfigError, match="no LLM"):
         make_client(provider="none")

@@ -1,8 +1,9 @@
 """A reply cache around any LLM client: the same request is answered from disk, for free.
 
-The key is the SHA-256 of (provider, model, system, messages, reply JSON schema, temperature).
-Each entry is one JSON file holding the reply (as validated JSON) and the raw reply text; no
-secret is ever part of a key or an entry. A corrupt entry counts as a miss and is rewritten.
+The key is the SHA-256 of (provider, model, system, messages, the JSON schema sent, the
+structured-output setting, the server tools, temperature). Each entry is one JSON file holding
+the reply (as validated JSON), the raw reply text and the request that was sent; no secret is
+ever part of a key or an entry. A corrupt entry counts as a miss and is rewritten.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from hpo.llm.base import Completion, LLMClient, Message, T, Usage
+from hpo.llm.base import Completion, LLMClient, Message, ServerTool, T, Usage
 
 __all__ = ["CachingClient", "cache_key"]
 
@@ -34,8 +36,16 @@ def cache_key(
     messages: list[Message],
     schema: dict[str, Any],
     temperature: float | None,
+    structured_output: str = "",
+    tools: Sequence[str] = (),
 ) -> str:
-    """The hex SHA-256 naming one request."""
+    """The hex SHA-256 naming one request.
+
+    Args:
+        structured_output: The client's ``agent.structured_output`` setting (``auto`` keys
+            the same whichever form a server made it settle on).
+        tools: Provider-neutral server tool names (``web_search``), in any order.
+    """
     payload = {
         "provider": provider,
         "model": model,
@@ -43,6 +53,8 @@ def cache_key(
         "messages": [[m.role, m.content] for m in messages],
         "schema": schema,
         "temperature": temperature,
+        "structured_output": structured_output,
+        "tools": sorted(set(tools)),
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -52,7 +64,8 @@ class CachingClient:
     """An :class:`~hpo.llm.base.LLMClient` that answers repeated requests from ``cache_dir``.
 
     A hit returns a :class:`~hpo.llm.base.Completion` with ``cached=True``, zero usage and zero
-    latency, and makes no request. Errors are never cached.
+    latency, and makes no request. Errors are never cached. Server tools (web search) are
+    passed on to the inner client, and ``server_tools`` is the inner client's.
 
     Args:
         inner: The client that answers misses.
@@ -65,6 +78,7 @@ class CachingClient:
         self.inner: LLMClient = inner
         self.provider: str = inner.provider
         self.model: str = inner.model
+        self.server_tools: frozenset[str] = frozenset(getattr(inner, "server_tools", ()))
         self.cache_dir = Path(cache_dir)
         self.hits = 0
         self.misses = 0
@@ -84,16 +98,22 @@ class CachingClient:
         system: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        schema: dict[str, Any] | None = None,
+        tools: Sequence[ServerTool] | None = None,
     ) -> Completion[T]:
         """Answer from the cache, or ask the inner client and store its reply."""
         temp = temperature if temperature is not None else getattr(self.inner, "temperature", None)
+        names = [str(t.get("name", "")) if isinstance(t, Mapping) else str(t)
+                 for t in tools or ()]
         key = cache_key(
             provider=self.provider,
             model=self.model,
             system=system,
             messages=messages,
-            schema=reply_model.model_json_schema(),
+            schema=schema if schema is not None else reply_model.model_json_schema(),
             temperature=temp,
+            structured_output=str(getattr(self.inner, "structured_output", "")),
+            tools=names,
         )
         path = self._path(key)
         hit = self._read(path, reply_model)
@@ -105,7 +125,8 @@ class CachingClient:
         with self._lock:
             self.misses += 1
         completion = self.inner.complete(
-            messages, reply_model, system=system, temperature=temperature, max_tokens=max_tokens
+            messages, reply_model, system=system, temperature=temperature,
+            max_tokens=max_tokens, schema=schema, tools=tools,
         )
         self._write(path, completion)
         return completion
@@ -133,6 +154,9 @@ class CachingClient:
             provider=str(data.get("provider", self.provider)),
             cached=True,
             extra={"cache_key": path.stem},
+            requested_model=str(data.get("requested_model", self.model)),
+            request=request if isinstance(request := data.get("request"), dict) else {},
+            structured_output=str(data.get("structured_output", "")),
         )
 
     def _write(self, path: Path, completion: Completion[Any]) -> None:
@@ -141,6 +165,9 @@ class CachingClient:
         entry = {
             "provider": completion.provider,
             "model": completion.model,
+            "requested_model": completion.requested_model,
+            "structured_output": completion.structured_output,
+            "request": completion.request,
             "created": time.time(),
             "raw_text": completion.raw_text,
             "reply": completion.reply.model_dump(mode="json"),

@@ -17,7 +17,6 @@ drop their input and are recorded in ``calls`` with ``error`` set.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -250,19 +249,6 @@ class BudgetExceeded(LLMError):
     kind = "budget"
 
 
-def _accepts(client: LLMClient, name: str) -> bool:
-    """Whether ``client.complete`` takes the keyword ``name`` (or any keyword).
-
-    The schema/tools contract of :class:`~hpo.llm.base.LLMClient` is newer than some clients;
-    a client without it is called as before (the server then gets the reply model's schema).
-    """
-    try:
-        params = inspect.signature(client.complete).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
 @dataclass
 class _Pass:
     """What the stages of one ``propose`` hand to each other."""
@@ -423,7 +409,7 @@ class StagedChain:
         client = self._settings("researcher").client
         tools: list[str] | None = None
         note: str | None = None
-        if WEB_SEARCH in getattr(client, "server_tools", ()) and _accepts(client, "tools"):
+        if WEB_SEARCH in client.server_tools:
             tools = [WEB_SEARCH]
             tools_note = "Use web search for recent, well-supported remedies."
         else:
@@ -553,7 +539,7 @@ class StagedChain:
                 f"agent budget: {why}; raise agent.budget or let the fallback sampler run"
             )
         extra: dict[str, Any] = {}
-        if schema is not None and _accepts(client, "schema"):
+        if schema is not None:
             extra["schema"] = schema
         if tools:
             extra["tools"] = tools

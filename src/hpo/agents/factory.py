@@ -5,10 +5,14 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     provider: auto          # auto | claude | openai | deepseek | gemini | openrouter | local
                             # | none
     model: null             # null = the preset's default model
+    base_url: null          # null = HPO_<PRESET>_BASE_URL, then OPENAI_BASE_URL (openai, local) /
+                            # ANTHROPIC_BASE_URL (claude), then the preset's endpoint
     temperature: 0.7
-    timeout_s: 60
-    max_retries: 2
+    timeout_s: 60           # deadline of one whole LLM call, the SDK's retries included
+    max_retries: 2          # the SDK's retries (429/5xx), inside the deadline
     max_tokens: 2048
+    structured_output: auto # auto | json_schema | json_object | tool | none
+    max_reply_bytes: 262144 # bytes read per reply; beyond: an error of kind too_large
     chain: diagnose         # a preset (single | diagnose | consultants | planner) or a list of
                             # stages, e.g. [analyst, consultants, supervisor, checker]
     consultant_turns: 2
@@ -31,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,7 @@ from hpo.agents.history import Anonymizer, HistoryOptions
 from hpo.agents.prompts import PromptSet
 from hpo.agents.stages import chain_stages
 from hpo.errors import ConfigError
-from hpo.llm.base import LLMClient
+from hpo.llm.base import LLMClient, StructuredOutput
 
 __all__ = ["NO_CREDENTIALS_WARNING", "ROLE_NAMES", "build_chain", "chain_config"]
 
@@ -76,7 +81,9 @@ _CLIENT_KEYS = (
     "max_retries",
     "price_in_per_mtok",
     "price_out_per_mtok",
-    "json_mode",
+    "structured_output",
+    "max_reply_bytes",
+    "json_mode",  # deprecated: true means structured_output=json_object
 )
 _ROLE_KEYS = (*_CLIENT_KEYS, "temperature", "max_tokens")
 _KNOWN_KEYS = (
@@ -148,11 +155,41 @@ def _num(cfg: Mapping[str, Any], key: str, *, low: float, integer: bool = False,
     return int(value) if integer else float(value)
 
 
+_warned_json_mode = threading.Event()
+
+
+def _structured_output(cfg: Mapping[str, Any]) -> str | None:
+    """``agent.structured_output``, with the deprecated ``agent.json_mode=true`` read as
+    ``json_object`` (one warning)."""
+    value = cfg.get("structured_output")
+    if cfg.get("json_mode") and value in (None, "auto"):
+        if not _warned_json_mode.is_set():
+            _warned_json_mode.set()
+            logger.warning("agent.json_mode is deprecated: use agent.structured_output="
+                           "json_object (it now sends the schema too)")
+        return "json_object"
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    known = typing.get_args(StructuredOutput)
+    if text not in known:
+        raise ConfigError(
+            f"agent.structured_output={value!r} is unknown: use one of {', '.join(known)}"
+        )
+    return text
+
+
 def _client_kwargs(cfg: Mapping[str, Any], provider: str) -> dict[str, Any]:
     kw: dict[str, Any] = {"provider": provider}
     for key in ("model", "api_key_env", "base_url", "price_in_per_mtok", "price_out_per_mtok"):
         if cfg.get(key) is not None:
             kw[key] = cfg[key]
+    form = _structured_output(cfg)
+    if form is not None:
+        kw["structured_output"] = form
+    reply_cap = _num(cfg, "max_reply_bytes", low=1024, integer=True)
+    if reply_cap is not None:
+        kw["max_reply_bytes"] = reply_cap
     timeout = _num(cfg, "timeout_s", low=1e-3)
     if timeout is not None:
         kw["timeout_s"] = timeout
@@ -162,8 +199,6 @@ def _client_kwargs(cfg: Mapping[str, Any], provider: str) -> dict[str, Any]:
     max_tokens = _num(cfg, "max_tokens", low=1, integer=True)
     if max_tokens is not None:
         kw["max_tokens"] = max_tokens
-    if cfg.get("json_mode") is not None:
-        kw["json_mode"] = bool(cfg["json_mode"])
     return kw
 
 

@@ -11,15 +11,20 @@ from typing import TYPE_CHECKING, Any
 from hpo.llm.base import (
     Completion,
     LLMAuthError,
+    LLMBadRequest,
     LLMClient,
     LLMConnectionError,
     LLMError,
     LLMMalformedReply,
+    LLMModelNotFound,
     LLMRateLimited,
     LLMRefusal,
     LLMServerError,
     LLMTimeout,
+    LLMTooLarge,
     Message,
+    ServerTool,
+    StructuredOutput,
     Usage,
 )
 from hpo.llm.parsing import extract_json_objects, parse_reply, validate_reply
@@ -31,6 +36,7 @@ from hpo.llm.providers import (
     load_dotenv_once,
     make_client,
     resolve_auto,
+    resolve_base_url,
 )
 
 if TYPE_CHECKING:
@@ -44,17 +50,22 @@ __all__ = [
     "AnthropicClient",
     "Completion",
     "LLMAuthError",
+    "LLMBadRequest",
     "LLMClient",
     "LLMConnectionError",
     "LLMError",
     "LLMMalformedReply",
+    "LLMModelNotFound",
     "LLMRateLimited",
     "LLMRefusal",
     "LLMServerError",
     "LLMTimeout",
+    "LLMTooLarge",
     "Message",
     "OpenAIClient",
     "ProviderPreset",
+    "ServerTool",
+    "StructuredOutput",
     "Usage",
     "cost_usd",
     "extract_json_objects",
@@ -63,6 +74,7 @@ __all__ = [
     "parse_reply",
     "price_for",
     "resolve_auto",
+    "resolve_base_url",
     "validate_reply",
 ]
 

@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 import anthropic
 
 from hpo.llm._common import (
+    Ask,
+    ClientBase,
+    Once,
     check_client_args,
-    check_messages,
     completion,
     parse_text_reply,
-    schema_description,
-    schema_name,
+    with_hint,
 )
+from hpo.llm._forms import FormLadder, check_setting, schema_hint
+from hpo.llm._transport import DEFAULT_MAX_REPLY_BYTES, CallScope, Stop, http_client
 from hpo.llm.base import (
     Completion,
     LLMAuthError,
+    LLMBadRequest,
+    LLMError,
     LLMMalformedReply,
     LLMRefusal,
-    Message,
     T,
     Usage,
 )
-from hpo.llm.errors import map_sdk_error, safe_cause, scrub
+from hpo.llm.errors import error_text, map_sdk_error, safe_cause, scrub
 from hpo.llm.parsing import validate_reply
 from hpo.llm.pricing import cost_usd
 
@@ -37,23 +40,40 @@ logger = logging.getLogger(__name__)
 # Models known to answer 400 to a forced tool choice; others are detected on first rejection.
 _NO_FORCED_TOOL: tuple[str, ...] = ("claude-sonnet-5-5", "claude-opus-5-5")
 
+# Anthropic's server-side web search (the researcher role's ``tools=["web_search"]``).
+WEB_SEARCH: dict[str, Any] = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
 
-class AnthropicClient:
+
+class _Stopped(anthropic.AnthropicError):
+    """A transport stop; an ``AnthropicError`` but no ``APIConnectionError``, so the SDK
+    re-raises it without retrying."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(stop.message)
+        self.stop = stop
+
+
+class AnthropicClient(ClientBase):
     """An :class:`~hpo.llm.base.LLMClient` over the Anthropic Messages API.
 
-    The reply model's JSON schema becomes the ``input_schema`` of one tool the model is forced
-    to call (``tool_choice={"type": "tool", ...}``); the tool call's input is the reply. Models
-    that reject forced tool use (Claude Sonnet/Opus 5.5) are asked to call it in words with
-    ``tool_choice={"type": "auto"}``; a 400 naming ``tool_choice`` or ``temperature`` switches
-    this client over once. A plain-text answer is parsed tolerantly. Retries (429/5xx/
-    connection, honouring ``retry-after``) and timeouts are the SDK's own.
+    Structured output (``structured_output``): ``tool`` (the default under ``auto``) makes the
+    reply's JSON schema the ``input_schema`` of one tool the model is forced to call
+    (``tool_choice={"type": "tool", ...}``); the tool call's input is the reply. ``none`` puts
+    the schema in the system text and parses the text reply tolerantly; ``auto`` steps from
+    tool to none when the server rejects tools. Models that reject forced tool use (Claude
+    Sonnet/Opus 5.5) are asked to call the tool in words with ``tool_choice={"type": "auto"}``;
+    a 400 naming ``tool_choice`` or ``temperature`` adapts this client once (still the tool
+    form). ``tools=["web_search"]`` adds Anthropic's server-side web search.
+
+    ``timeout_s`` bounds the whole call (the SDK's retries included) and ``max_reply_bytes``
+    the bytes read per reply (see :mod:`hpo.llm._transport`).
 
     Args:
         model: Model name, e.g. ``"claude-sonnet-4-5"``.
         api_key: API key; ``None`` lets the SDK read ``ANTHROPIC_API_KEY``.
         base_url: Endpoint; ``None`` lets the SDK read ``ANTHROPIC_BASE_URL``.
-        timeout_s: Timeout of one HTTP attempt, seconds.
-        max_retries: Retries the SDK makes after the first attempt (0 disables).
+        timeout_s: Deadline of one whole call, seconds.
+        max_retries: Retries the SDK makes inside the deadline (0 disables).
         temperature: Default sampling temperature; ``None`` leaves the server default.
         max_tokens: Default cap on reply tokens.
         price_in_per_mtok: Input price override, USD per million tokens.
@@ -61,6 +81,9 @@ class AnthropicClient:
         provider: Name reported in completions and errors (a preset name such as ``"claude"``).
         effort: ``output_config.effort`` (``"low"`` … ``"max"``) for models that think
             adaptively; ``None`` leaves the model's default.
+        structured_output: ``auto``, ``tool`` or ``none``.
+        max_reply_bytes: Bytes read per reply before ``LLMTooLarge``.
+        api_key_env: The variable the key came from, named in an auth error's fix.
     """
 
     def __init__(
@@ -77,26 +100,44 @@ class AnthropicClient:
         price_out_per_mtok: float | None = None,
         provider: str = "anthropic",
         effort: str | None = None,
+        structured_output: str = "auto",
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        api_key_env: str | None = None,
     ) -> None:
         check_client_args(
-            model=model, timeout_s=timeout_s, max_retries=max_retries, max_tokens=max_tokens
+            model=model, timeout_s=timeout_s, max_retries=max_retries, max_tokens=max_tokens,
+            max_reply_bytes=max_reply_bytes,
         )
         self.provider = provider
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.timeout_s = float(timeout_s)
+        self.max_reply_bytes = max_reply_bytes
         self.price_in_per_mtok = price_in_per_mtok
         self.price_out_per_mtok = price_out_per_mtok
         self.effort = effort
+        self.structured_output = check_setting(structured_output, "anthropic", provider)
+        self.server_tools: frozenset[str] = frozenset({"web_search"})
+        self._where = f"{provider} ({model})"
+        self._forms = FormLadder(self.structured_output, "anthropic", self._where)
         self._force_tool = not model.startswith(_NO_FORCED_TOOL)
         self._send_temperature = True
+        self._api_key_env = api_key_env
+        self._model_noted = Once()
         self._secret = api_key
         try:
             self._client = anthropic.Anthropic(
                 api_key=api_key,
                 base_url=base_url,
-                timeout=float(timeout_s),
+                timeout=self.timeout_s,
                 max_retries=max_retries,
+                http_client=http_client(
+                    timeout_s=self.timeout_s,
+                    max_retries=max_retries,
+                    max_reply_bytes=max_reply_bytes,
+                    stop_error=_Stopped,
+                ),
             )
         except anthropic.AnthropicError as exc:
             raise LLMAuthError(
@@ -123,136 +164,139 @@ class AnthropicClient:
         )
         return Usage(input_tokens=tin, output_tokens=tout, cost_usd=cost)
 
-    def _request(
-        self,
-        messages: list[Message],
-        reply_model: type[T],
-        tool: str,
-        system: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        server_tools: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
+    def _body(self, form: str, ask: Ask) -> dict[str, Any]:
+        spec = ask.spec
+        body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": max_tokens or self.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "tools": [
-                {
-                    "name": tool,
-                    "description": schema_description(reply_model),
-                    "input_schema": reply_model.model_json_schema(),
-                }
-            ],
+            "max_tokens": ask.max_tokens or self.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in ask.messages],
         }
-        sys_text = system or ""
-        if server_tools:
-            # the model must be free to search before it answers: no forced tool choice
-            kwargs["tools"] = [*server_tools, *kwargs["tools"]]
-            kwargs["tool_choice"] = {"type": "auto"}
-            hint = f"When you are done searching, answer by calling the tool `{tool}` once."
-            sys_text = f"{sys_text}\n\n{hint}" if sys_text else hint
-        elif self._force_tool:
-            kwargs["tool_choice"] = {"type": "tool", "name": tool}
+        server = [dict(WEB_SEARCH) for name in ask.tools if name == "web_search"]
+        sys_text = ask.system or ""
+        if form == "none":
+            sys_text = with_hint(sys_text, schema_hint(spec.schema))
+            if server:
+                body["tools"] = server
         else:
-            # Models that reject a forced tool choice get asked in words instead.
-            kwargs["tool_choice"] = {"type": "auto"}
-            hint = f"Answer by calling the tool `{tool}` exactly once."
-            sys_text = f"{sys_text}\n\n{hint}" if sys_text else hint
+            reply_tool = {
+                "name": spec.name,
+                "description": spec.description,
+                "input_schema": spec.schema,
+            }
+            body["tools"] = [*server, reply_tool]
+            if server:
+                # the model must be free to search before it answers: no forced tool choice
+                body["tool_choice"] = {"type": "auto"}
+                sys_text = with_hint(
+                    sys_text,
+                    f"When you are done searching, answer by calling the tool `{spec.name}` "
+                    "once.",
+                )
+            elif self._force_tool:
+                body["tool_choice"] = {"type": "tool", "name": spec.name}
+            else:
+                # models that reject a forced tool choice get asked in words instead
+                body["tool_choice"] = {"type": "auto"}
+                sys_text = with_hint(
+                    sys_text, f"Answer by calling the tool `{spec.name}` exactly once."
+                )
         if sys_text:
-            kwargs["system"] = sys_text
-        temp = self.temperature if temperature is None else temperature
+            body["system"] = sys_text
+        temp = self.temperature if ask.temperature is None else ask.temperature
         if temp is not None and self._send_temperature:
             # This SDK version no longer lists `temperature`; older models still accept it.
-            kwargs["extra_body"] = {"temperature": temp}
+            body["extra_body"] = {"temperature": temp}
         if self.effort is not None:
-            kwargs["output_config"] = {"effort": self.effort}
-        return kwargs
+            body["output_config"] = {"effort": self.effort}
+        return body
 
-    def _fall_back(self, exc: anthropic.BadRequestError) -> bool:
+    def _wire(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body the SDK sends for ``create(**body)`` (``extra_body`` merged in)."""
+        wire = {k: v for k, v in body.items() if k != "extra_body"}
+        wire.update(body.get("extra_body") or {})
+        return wire
+
+    def _adapt(self, exc: anthropic.BadRequestError, form: str) -> bool:
         """Drop a setting the model rejects (forced tool choice, temperature); True if dropped.
 
         Newer Claude models answer 400 to a forced ``tool_choice`` and to sampling parameters.
-        This adapts once per client; it is not a retry of transient errors (the SDK does those).
+        This adapts once per client inside the tool form; it is not a retry of transient
+        errors (the SDK does those).
         """
-        text = f"{exc} {getattr(exc, 'body', '')}".lower()
-        if self._force_tool and "tool_choice" in text:
+        text = error_text(exc).lower()
+        if form == "tool" and self._force_tool and "tool_choice" in text:
             self._force_tool = False
             logger.warning(
-                "%s (%s) rejects a forced tool choice: asking for the tool call in words instead",
-                self.provider,
-                self.model,
+                "%s rejects a forced tool choice: asking for the tool call in words instead",
+                self._where,
             )
             return True
         if self._send_temperature and self.temperature is not None and "temperature" in text:
             self._send_temperature = False
-            logger.warning(
-                "%s (%s) rejects temperature: sending requests without it",
-                self.provider,
-                self.model,
-            )
+            logger.warning("%s rejects temperature: sending requests without it", self._where)
             return True
         return False
 
-    def complete(
-        self,
-        messages: list[Message],
-        reply_model: type[T],
-        *,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        tools: list[dict[str, Any]] | None = None,
-    ) -> Completion[T]:
-        """Ask the model and return its reply parsed into ``reply_model``.
-
-        ``tools``: Anthropic server tools the model may use first, e.g. the built-in web search
-        ``{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}`` (the
-        researcher role). The reply still comes through the structured-output tool.
-
-        Raises:
-            LLMError: A subclass naming what failed (timeout, rate limit, server, auth,
-                connection, malformed reply, refusal).
-        """
-        check_messages(messages)
-        tool = schema_name(reply_model)
-        start = time.perf_counter()
+    def _send(self, scope: CallScope, ask: Ask) -> tuple[Any, dict[str, Any], str]:
+        """Send in the current form; adapt once to a rejected forced tool choice or
+        temperature, switch once past a rejected form, and send again at once (inside the
+        same deadline). Errors are never retried here (the SDK does that)."""
         secrets = (self._secret,)
-        for _attempt in range(3):  # at most two capability fallbacks, never a retry of errors
-            kwargs = self._request(messages, reply_model, tool, system, temperature, max_tokens,
-                                   tools)
+        for _attempt in range(4):  # at most two adaptations and one form switch
+            form = self._forms.current
+            body = self._body(form, ask)
             try:
-                response = self._client.messages.create(**kwargs)
-                break
+                return self._client.messages.create(**body), body, form
             except anthropic.BadRequestError as exc:
-                if not self._fall_back(exc):
-                    raise map_sdk_error(
-                        exc, anthropic, provider=self.provider, model=self.model, secrets=secrets
-                    ) from safe_cause(exc, secrets)
+                if self._adapt(exc, form):
+                    continue
+                text = error_text(exc)
+                if self._forms.rejects(form, exc.status_code, text) and self._forms.switch_from(
+                    form, f"HTTP {exc.status_code}: {scrub(text, secrets)}"
+                ):
+                    continue
+                raise self._error(exc, scope, body, form) from safe_cause(exc, secrets)
             except anthropic.AnthropicError as exc:
-                err = map_sdk_error(
-                    exc, anthropic, provider=self.provider, model=self.model, secrets=secrets
-                )
-                raise err from safe_cause(exc, secrets)
+                raise self._error(exc, scope, body, form) from safe_cause(exc, secrets)
             except json.JSONDecodeError as exc:
-                raise LLMMalformedReply(
-                    f"{self.provider} ({self.model}): response body is not JSON: {exc}"
-                ) from None
+                bad = LLMMalformedReply(f"{self._where}: response body is not JSON: {exc}")
+                bad.request = scope.last_body or self._wire(body)
+                raise bad from None
+        err = LLMBadRequest(f"{self._where}: the server kept rejecting the request")
+        err.request = scope.last_body
+        err.fix = "set agent.structured_output=none."
+        raise err
+
+    def _error(
+        self, exc: anthropic.AnthropicError, scope: CallScope, body: dict[str, Any], form: str
+    ) -> LLMError:
+        err = map_sdk_error(
+            exc, anthropic, provider=self.provider, model=self.model, secrets=(self._secret,),
+            api_key_env=self._api_key_env,
+        )
+        err.request = scope.last_body or self._wire(body)
+        return self._form_rejected(err, getattr(exc, "status_code", None), error_text(exc), form)
+
+    def _reply(
+        self, response: Any, reply_model: type[T], ask: Ask, latency: float,
+        request: dict[str, Any], form: str,
+    ) -> Completion[T]:
         if not isinstance(response, anthropic.types.Message):
             raise LLMMalformedReply(
-                f"{self.provider} ({self.model}): response is not a Message: "
-                f"{scrub(str(response), secrets)}",
+                f"{self._where}: response is not a Message: "
+                f"{scrub(str(response), (self._secret,))}",
                 str(response),
             )
-        latency = time.perf_counter() - start
         usage = self._usage(response)
-
         tool_input: object | None = None
         texts: list[str] = []
+        searches = 0
         for block in response.content or []:
             btype = getattr(block, "type", None)
             if btype == "tool_use" and tool_input is None:
                 tool_input = getattr(block, "input", None)
+            elif btype == "server_tool_use":
+                searches += 1
             elif btype == "text":
                 texts.append(getattr(block, "text", "") or "")
         text = "\n".join(texts)
@@ -260,7 +304,7 @@ class AnthropicClient:
         if stop == "refusal":
             details = getattr(response, "stop_details", None)
             why = getattr(details, "explanation", None) or text or "no explanation given"
-            raise LLMRefusal(f"{self.provider} ({self.model}) refused: {scrub(why)}")
+            raise LLMRefusal(f"{self._where} refused: {scrub(why)}")
 
         if tool_input is not None:
             raw = json.dumps(tool_input, ensure_ascii=False)
@@ -269,4 +313,6 @@ class AnthropicClient:
             raw = text
             reply = parse_text_reply(text, reply_model, usage, truncated=stop == "max_tokens")
         return completion(self, response, reply=reply, usage=usage, raw_text=raw,
-                          latency=latency, extra={"stop_reason": stop})
+                          latency=latency, extra={"stop_reason": stop, "web_searches": searches},
+                          request=request, form=form, model_noted=self._model_noted)
+

@@ -1,9 +1,9 @@
 """Provider presets, credential discovery and client construction.
 
 A preset names the SDK (``kind``), a default model, the environment variable holding the API key
-and the endpoint. Every preset's endpoint can be overridden by ``HPO_<NAME>_BASE_URL`` (and the
-vendor variable where one exists, e.g. ``OPENAI_BASE_URL``) so tests and proxies can point any
-preset at another server.
+and the endpoint. The endpoint is, first found wins: ``agent.base_url`` (the ``base_url``
+argument), ``HPO_<PRESET>_BASE_URL``, the vendor variable (``OPENAI_BASE_URL`` for ``openai``
+and ``local``, ``ANTHROPIC_BASE_URL`` for ``claude``), the preset's default.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hpo.errors import ConfigError
-from hpo.llm.base import LLMClient
+from hpo.llm.base import LLMClient, ServerTool
 
 __all__ = [
     "AUTO_ORDER",
@@ -24,6 +24,7 @@ __all__ = [
     "load_dotenv_once",
     "make_client",
     "resolve_auto",
+    "resolve_base_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,14 @@ class ProviderPreset:
         kind: Which SDK speaks to it: ``"anthropic"`` or ``"openai"`` (OpenAI-compatible).
         model: Default model.
         api_key_env: Environment variable holding the key.
-        base_url: Default endpoint; ``None`` means the SDK default.
-        base_url_envs: Environment variables that override the endpoint, first set wins.
+        base_url: Default endpoint.
+        base_url_envs: Environment variables that override the endpoint, first set wins
+            (``HPO_<NAME>_BASE_URL``, then the vendor's own variable where one applies).
         key_required: Whether a missing key is an error (``False`` for local servers).
         model_env: Environment variable that overrides the default model, if any.
         max_tokens_param: Request field of the token cap (OpenAI-compatible kinds only).
+        server_tools: Server-side tools of the endpoint (OpenAI-compatible kinds; Anthropic's
+            client lists its own).
     """
 
     name: str
@@ -54,6 +58,7 @@ class ProviderPreset:
     key_required: bool = True
     model_env: str | None = None
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    server_tools: tuple[ServerTool, ...] = ()
 
 
 LOCAL_DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -67,6 +72,7 @@ PRESETS: dict[str, ProviderPreset] = {
             kind="anthropic",
             model="claude-sonnet-4-6",
             api_key_env="ANTHROPIC_API_KEY",
+            base_url="https://api.anthropic.com",
             base_url_envs=("HPO_CLAUDE_BASE_URL", "ANTHROPIC_BASE_URL"),
         ),
         ProviderPreset(
@@ -74,8 +80,10 @@ PRESETS: dict[str, ProviderPreset] = {
             kind="openai",
             model="gpt-4o-mini",
             api_key_env="OPENAI_API_KEY",
+            base_url="https://api.openai.com/v1",
             base_url_envs=("HPO_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
             max_tokens_param="max_completion_tokens",
+            server_tools=("web_search",),  # through the Responses API
         ),
         ProviderPreset(
             name="deepseek",
@@ -107,7 +115,7 @@ PRESETS: dict[str, ProviderPreset] = {
             model="local-model",
             api_key_env="HPO_LOCAL_API_KEY",
             base_url=LOCAL_DEFAULT_BASE_URL,
-            base_url_envs=("HPO_LOCAL_BASE_URL",),
+            base_url_envs=("HPO_LOCAL_BASE_URL", "OPENAI_BASE_URL"),
             key_required=False,
             model_env="HPO_LOCAL_MODEL",
         ),
@@ -156,6 +164,26 @@ def _env(name: str | None) -> str | None:
     return value or None
 
 
+def resolve_base_url(preset: ProviderPreset, base_url: str | None = None) -> tuple[str, str]:
+    """The endpoint of ``preset`` and where it came from.
+
+    Precedence: ``agent.base_url`` (``base_url``) > ``HPO_<PRESET>_BASE_URL`` > the vendor
+    variable (``OPENAI_BASE_URL`` for openai and local, ``ANTHROPIC_BASE_URL`` for claude) >
+    the preset's default.
+
+    Returns:
+        ``(url, source)``, the source being ``"agent.base_url"``, a variable name or
+        ``"default"``.
+    """
+    if base_url is not None and str(base_url).strip():
+        return str(base_url).strip(), "agent.base_url"
+    for name in preset.base_url_envs:
+        value = _env(name)
+        if value:
+            return value, name
+    return preset.base_url or "", "default"
+
+
 def _preset(provider: str) -> ProviderPreset:
     name = ALIASES.get(provider.strip().lower(), provider.strip().lower())
     if name in PRESETS:
@@ -192,7 +220,8 @@ def make_client(
     max_tokens: int = 2048,
     price_in_per_mtok: float | None = None,
     price_out_per_mtok: float | None = None,
-    json_mode: bool = False,
+    structured_output: str = "auto",
+    max_reply_bytes: int | None = None,
 ) -> LLMClient:
     """Build the client of a preset, reading its key and endpoint from the environment.
 
@@ -201,21 +230,23 @@ def make_client(
             ``local``) or ``auto`` (see :func:`resolve_auto`).
         model: Model name; ``None`` takes the preset's default.
         api_key_env: Environment variable holding the key; ``None`` takes the preset's.
-        base_url: Endpoint; ``None`` takes ``HPO_<NAME>_BASE_URL`` / the vendor variable / the
-            preset's default.
-        timeout_s: Timeout of one HTTP attempt, seconds.
-        max_retries: Retries made by the SDK.
+        base_url: Endpoint (``agent.base_url``); ``None`` takes ``HPO_<NAME>_BASE_URL``, then
+            the vendor variable, then the preset's default (see :func:`resolve_base_url`).
+        timeout_s: Deadline of one whole call (retries included), seconds.
+        max_retries: Retries made by the SDK inside the deadline.
         temperature: Default sampling temperature.
         max_tokens: Default cap on reply tokens.
         price_in_per_mtok: Input price override, USD per million tokens.
         price_out_per_mtok: Output price override, USD per million tokens.
-        json_mode: OpenAI-compatible kinds: use ``json_object`` instead of ``json_schema``.
+        structured_output: ``auto`` or a pinned form (see :data:`hpo.llm.StructuredOutput`).
+        max_reply_bytes: Bytes read per reply before ``LLMTooLarge``; ``None`` = the default.
 
     Returns:
         An :class:`~hpo.llm.base.LLMClient` whose ``provider`` is the preset name.
 
     Raises:
-        ConfigError: Unknown provider, or the key variable of an explicit provider is unset.
+        ConfigError: Unknown provider, the key variable of an explicit provider is unset, or
+            a bad client setting (one line naming it and the fix).
     """
     load_dotenv_once()
     requested = provider.strip().lower()
@@ -245,40 +276,38 @@ def make_client(
             )
         api_key = LOCAL_DUMMY_KEY
 
-    url = base_url
-    if url is None:
-        url = next((v for v in map(_env, preset.base_url_envs) if v), None) or preset.base_url
+    url, source = resolve_base_url(preset, base_url)
     chosen_model = model or _env(preset.model_env) or preset.model
-    logger.debug("agent provider %s: model %s at %s", preset.name, chosen_model, url or "default")
+    logger.info("agent provider %s: model %s at %s (from %s)", preset.name, chosen_model, url,
+                source)
 
-    if preset.kind == "anthropic":
-        from hpo.llm._anthropic import AnthropicClient
+    common: dict[str, Any] = {
+        "model": chosen_model,
+        "api_key": api_key,
+        "base_url": url,
+        "timeout_s": timeout_s,
+        "max_retries": max_retries,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "price_in_per_mtok": price_in_per_mtok,
+        "price_out_per_mtok": price_out_per_mtok,
+        "provider": preset.name,
+        "structured_output": structured_output,
+        "api_key_env": key_env,
+    }
+    if max_reply_bytes is not None:
+        common["max_reply_bytes"] = max_reply_bytes
+    try:
+        if preset.kind == "anthropic":
+            from hpo.llm._anthropic import AnthropicClient
 
-        return AnthropicClient(
-            model=chosen_model,
-            api_key=api_key,
-            base_url=url,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            price_in_per_mtok=price_in_per_mtok,
-            price_out_per_mtok=price_out_per_mtok,
-            provider=preset.name,
+            return AnthropicClient(**common)
+        from hpo.llm._openai import OpenAIClient
+
+        return OpenAIClient(
+            **common,
+            max_tokens_param=preset.max_tokens_param,
+            server_tools=preset.server_tools,
         )
-    from hpo.llm._openai import OpenAIClient
-
-    return OpenAIClient(
-        model=chosen_model,
-        api_key=api_key,
-        base_url=url,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        price_in_per_mtok=price_in_per_mtok,
-        price_out_per_mtok=price_out_per_mtok,
-        json_mode=json_mode,
-        max_tokens_param=preset.max_tokens_param,
-        provider=preset.name,
-    )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

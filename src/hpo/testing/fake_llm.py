@@ -12,10 +12,20 @@ Example:
 
 Scripting: :meth:`FakeLLMServer.script` queues behaviours, one per request; when the queue is
 empty :attr:`FakeLLMServer.responder` decides (by default :func:`random_proposer`). A behaviour
-is a ``str`` (reply text), a ``dict`` (structured reply: a forced Anthropic tool call, or the
-OpenAI message content), a :class:`FakeReply`, or a callable taking the
-:class:`RecordedRequest` and returning one of those (``None`` falls back to the random
-proposer).
+is a ``str`` (reply text), a ``dict`` (structured reply: a forced tool call, or the OpenAI
+message content), a :class:`FakeReply`, or a callable taking the :class:`RecordedRequest` and
+returning one of those (``None`` falls back to the random proposer).
+
+Realism (the default stays a cooperative OpenAI/Anthropic server): ``flavor`` makes the server
+behave like llama-cpp-python's (``json_schema`` rejected with HTTP 500 "Input should be 'text'
+or 'json_object'", ``json_object`` + ``schema`` honoured by filling the schema, ``json_object``
+alone answered with "some JSON") or like a server that ignores ``response_format`` (prose around
+the JSON); ``model`` names the model every reply claims (a server's own alias);
+``served_models`` lists ``GET /v1/models`` and answers 404 for any other model;
+:meth:`FakeReply.trickle`, :meth:`FakeReply.stalled` and :meth:`FakeReply.oversized` send slow,
+stalled and huge replies. :attr:`FakeLLMServer.active` and :attr:`FakeLLMServer.disconnects`
+tell whether a client gave up on a reply. ``POST /v1/responses`` speaks OpenAI's Responses API
+(web search included: the fake reports one search and answers without searching).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import logging
 import math
 import random
 import re
+import select
 import socket
 import threading
 import time
@@ -59,7 +70,7 @@ class RecordedRequest:
     """One request the server received.
 
     Attributes:
-        kind: ``"openai"`` (chat completions) or ``"anthropic"`` (messages).
+        kind: ``"openai"`` (chat completions, responses) or ``"anthropic"`` (messages).
         path: The request path.
         headers: Request headers, lower-case names, raw (auth headers included; see
             :meth:`redacted`).
@@ -67,10 +78,16 @@ class RecordedRequest:
         system: The system text (OpenAI system/developer messages, Anthropic ``system``).
         messages_text: The text of all user/assistant messages, joined by blank lines.
         last_user_text: The text of the last user message.
-        schema: The JSON schema the client asked for (OpenAI ``response_format.json_schema``
-            or the forced Anthropic tool's ``input_schema``), if any.
-        tool_name: The name of the forced Anthropic tool, if any.
+        schema: The JSON schema the server honours for this request, if any: OpenAI
+            ``response_format.json_schema`` (or ``json_object``'s ``schema`` on the
+            llama-cpp-python flavor), a forced tool's ``input_schema`` / ``parameters``, the
+            Responses API's ``text.format`` schema, else a schema given in the system text
+            ("... matching this JSON schema:" followed by the schema, which a cooperative
+            model follows).
+        tool_name: The name of the tool the reply comes through (Anthropic tool, OpenAI
+            function), if any.
         received_at: ``time.time()`` at arrival.
+        server_tools: Server-side tools asked for (``"web_search"``).
     """
 
     kind: Literal["openai", "anthropic"]
@@ -83,6 +100,28 @@ class RecordedRequest:
     schema: dict[str, Any] | None = None
     tool_name: str | None = None
     received_at: float = 0.0
+    server_tools: tuple[str, ...] = ()
+
+    @property
+    def api(self) -> Literal["chat", "messages", "responses"]:
+        """Which API the request used."""
+        if self.kind == "anthropic":
+            return "messages"
+        return "responses" if self.path.endswith("/responses") else "chat"
+
+    @property
+    def form(self) -> str:
+        """The structured-output form of the request: json_schema | json_object | tool | none."""
+        if self.api == "responses":
+            fmt = ((self.body.get("text") or {}).get("format") or {}).get("type")
+            return str(fmt) if fmt in ("json_schema", "json_object") else "none"
+        if self.kind == "anthropic":
+            return "tool" if any("input_schema" in t for t in self.body.get("tools") or []
+                                 if isinstance(t, dict)) else "none"
+        fmt = self.body.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_schema", "json_object"):
+            return str(fmt["type"])
+        return "tool" if self.body.get("tools") else "none"
 
     @property
     def model(self) -> str:
@@ -120,6 +159,11 @@ class FakeReply:
         stop_reason: Overrides the Anthropic ``stop_reason`` / OpenAI ``finish_reason``.
         usage: ``(input_tokens, output_tokens)``; estimated from the text lengths when None.
         error_message: Message of the error body for non-2xx statuses.
+        model: The model the reply names (overrides the server's ``model``).
+        trickle_bps: Send the body at this many bytes per second.
+        stall_after: Send this many body bytes, then nothing until the client gives up (or
+            the server stops).
+        chunked: Send the body with ``Transfer-Encoding: chunked`` (no ``Content-Length``).
     """
 
     status: int = 200
@@ -132,6 +176,25 @@ class FakeReply:
     stop_reason: str | None = None
     usage: tuple[int, int] | None = None
     error_message: str | None = None
+    model: str | None = None
+    trickle_bps: float | None = None
+    stall_after: int | None = None
+    chunked: bool = False
+
+    @classmethod
+    def trickle(cls, bytes_per_s: float = 1.0, json_obj: Any = None) -> FakeReply:
+        """A valid reply sent ``bytes_per_s`` bytes a second (headers at once)."""
+        return cls(json_obj=json_obj, trickle_bps=bytes_per_s)
+
+    @classmethod
+    def stalled(cls, after_bytes: int = 0) -> FakeReply:
+        """Headers and ``after_bytes`` body bytes, then silence until the client gives up."""
+        return cls(stall_after=after_bytes)
+
+    @classmethod
+    def oversized(cls, n_bytes: int, *, chunked: bool = False) -> FakeReply:
+        """A well-formed reply whose text is ``n_bytes`` long (``chunked``: no length)."""
+        return cls(text="x" * n_bytes, chunked=chunked)
 
     @classmethod
     def rate_limited(cls, retry_after_s: float = 0.01) -> FakeReply:
@@ -445,13 +508,63 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+Flavor = Literal["openai", "llama_cpp_python", "ignores_response_format"]
+_HINT = re.compile(r"JSON schema:\s*(\{.*\})\s*$", re.DOTALL)
+
+
+def _hint_schema(system: str) -> dict[str, Any] | None:
+    """A schema given in the system text (``... matching this JSON schema:\n{...}``)."""
+    match = _HINT.search(system)
+    if not match:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _picked_tool(body: dict[str, Any], kind: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The client tool the reply comes through, and its schema (Anthropic or OpenAI shape)."""
+    choice = body.get("tool_choice") or {"type": "auto"}
+    ctype = choice.get("type") if isinstance(choice, dict) else choice
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    if kind == "anthropic":
+        offered = [(str(t.get("name")), t.get("input_schema")) for t in tools
+                   if "input_schema" in t]
+        forced = choice.get("name") if ctype == "tool" and isinstance(choice, dict) else None
+    else:
+        offered = [(str((t.get("function") or {}).get("name")),
+                    (t.get("function") or {}).get("parameters"))
+                   for t in tools if t.get("type") == "function"]
+        forced = ((choice.get("function") or {}).get("name")
+                  if ctype == "function" and isinstance(choice, dict) else None)
+    if forced is not None:
+        return next(((n, sch) for n, sch in offered if n == forced), (None, None))
+    if ctype in ("any", "auto", "required") and offered:
+        # a cooperative model answers through the first client tool it was offered (server
+        # tools such as web_search have no schema: the fake does not run them)
+        return offered[0]
+    return None, None
+
+
 def _record(
-    kind: Literal["openai", "anthropic"], path: str, headers: dict[str, str], body: dict[str, Any]
+    kind: Literal["openai", "anthropic"],
+    path: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    flavor: Flavor = "openai",
 ) -> RecordedRequest:
     system_parts: list[str] = []
     convo: list[str] = []
     last_user = ""
-    for m in body.get("messages") or []:
+    messages = body.get("messages") or []
+    if path.endswith("/responses"):
+        raw_input = body.get("input")
+        messages = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else (
+            raw_input or [])
+        system_parts.append(_text_of(body.get("instructions")))
+    for m in messages:
         if not isinstance(m, dict):
             continue
         role, text = m.get("role"), _text_of(m.get("content"))
@@ -461,38 +574,41 @@ def _record(
             convo.append(text)
             if role == "user":
                 last_user = text
-    schema: dict[str, Any] | None = None
-    tool_name: str | None = None
     if kind == "anthropic":
         system_parts.insert(0, _text_of(body.get("system")))
-        choice = body.get("tool_choice") or {"type": "auto"}
-        tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-        ctype = choice.get("type") if isinstance(choice, dict) else None
-        picked: dict[str, Any] = {}
-        if ctype == "tool":
-            picked = next((t for t in tools if t.get("name") == choice.get("name")), {})
-        elif ctype in ("any", "auto") and tools:
-            # a cooperative model answers through the first client tool it was offered (server
-            # tools such as web_search have no input_schema: the fake does not run them)
-            picked = next((t for t in tools if "input_schema" in t), {})
-        if picked:
-            tool_name = str(picked.get("name"))
-            schema = picked.get("input_schema")
-    else:
-        fmt = body.get("response_format") or {}
+    system = "\n".join(p for p in system_parts if p)
+    schema: Any = None
+    tool_name: str | None = None
+    server_tools = tuple(
+        "web_search" for t in body.get("tools") or []
+        if isinstance(t, dict) and str(t.get("type", "")).startswith("web_search")
+    )
+    if path.endswith("/responses"):
+        fmt = (body.get("text") or {}).get("format") or {}
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            schema = fmt.get("schema")
+    else:
+        tool_name, schema = _picked_tool(body, kind)
+    fmt = body.get("response_format") if kind == "openai" else None
+    if isinstance(fmt, dict) and flavor != "ignores_response_format" and schema is None:
+        if fmt.get("type") == "json_schema" and flavor == "openai":
             schema = (fmt.get("json_schema") or {}).get("schema")
+        elif fmt.get("type") == "json_object" and flavor == "llama_cpp_python":
+            schema = fmt.get("schema")
+    if schema is None:
+        schema = _hint_schema(system)
     return RecordedRequest(
         kind=kind,
         path=path,
         headers=headers,
         body=body,
-        system="\n".join(p for p in system_parts if p),
+        system=system,
         messages_text="\n\n".join(convo),
         last_user_text=last_user,
         schema=schema if isinstance(schema, dict) else None,
         tool_name=tool_name,
         received_at=time.time(),
+        server_tools=server_tools,
     )
 
 
@@ -521,8 +637,57 @@ def _error_body(kind: str, status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": etype, "param": None, "code": None}}
 
 
-def _success_body(req: RecordedRequest, reply: FakeReply) -> dict[str, Any]:
-    model = req.model or "fake-model"
+def _responses_body(req: RecordedRequest, reply: FakeReply, model: str) -> dict[str, Any]:
+    """An OpenAI Responses API reply (a web search reported when one was offered)."""
+    output: list[dict[str, Any]] = []
+    if req.server_tools:
+        output.append({
+            "type": "web_search_call",
+            "id": f"ws_{uuid.uuid4().hex[:24]}",
+            "status": "completed",
+            "action": {"type": "search", "query": "fake search"},
+        })
+    if reply.refusal is not None:
+        part: dict[str, Any] = {"type": "refusal", "refusal": reply.refusal}
+        text = reply.refusal
+    else:
+        text = reply.text if reply.text is not None else (
+            json.dumps(reply.json_obj) if reply.json_obj is not None else "")
+        part = {"type": "output_text", "text": text, "annotations": []}
+    output.append({
+        "type": "message",
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "role": "assistant",
+        "status": "completed",
+        "content": [part],
+    })
+    tin, tout = reply.usage or (_estimate_tokens(req.system + req.messages_text),
+                                _estimate_tokens(text))
+    incomplete = reply.stop_reason == "max_output_tokens"
+    return {
+        "id": f"resp_{uuid.uuid4().hex[:24]}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": req.body.get("tools") or [],
+        "usage": {
+            "input_tokens": tin,
+            "output_tokens": tout,
+            "total_tokens": tin + tout,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+
+
+def _success_body(req: RecordedRequest, reply: FakeReply, model: str) -> dict[str, Any]:
+    if req.api == "responses":
+        return _responses_body(req, reply, model)
     prompt_text = req.system + req.messages_text
     if req.kind == "anthropic":
         blocks: list[dict[str, Any]]
@@ -559,16 +724,29 @@ def _success_body(req: RecordedRequest, reply: FakeReply) -> dict[str, Any]:
             "usage": {"input_tokens": tin, "output_tokens": tout},
         }
     content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish = "stop"
     if reply.refusal is not None:
         content = None
     elif reply.text is not None:
         content = reply.text
+    elif reply.json_obj is not None and req.tool_name:
+        content = None
+        finish = "tool_calls"
+        tool_calls = [{
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": req.tool_name, "arguments": json.dumps(reply.json_obj)},
+        }]
     else:
         content = json.dumps(reply.json_obj) if reply.json_obj is not None else ""
     tin, tout = reply.usage or (
         _estimate_tokens(prompt_text),
-        _estimate_tokens(content or reply.refusal or ""),
+        _estimate_tokens(content or reply.refusal or json.dumps(tool_calls or "")),
     )
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": reply.refusal}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -577,8 +755,8 @@ def _success_body(req: RecordedRequest, reply: FakeReply) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": reply.refusal},
-                "finish_reason": reply.stop_reason or "stop",
+                "message": message,
+                "finish_reason": reply.stop_reason or finish,
                 "logprobs": None,
             }
         ],
@@ -599,6 +777,16 @@ def _as_reply(value: Any) -> FakeReply | None:
         f"fake LLM behaviour {value!r} is not a str, dict, FakeReply or callable: return one "
         "of those."
     )
+
+
+_LLAMA_CPP_REJECTION = (
+    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
+    "'text' or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]"
+)
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before the reply was complete."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -632,22 +820,89 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self._send_head(status, headers, length=len(body))
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _send_head(self, status: int, headers: dict[str, str] | None, length: int | None) -> None:
         self.send_response(status)
         sent = {k.lower() for k in (headers or {})}
         if "content-type" not in sent:
             self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        if length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
         self.send_header("request-id", f"req_{uuid.uuid4().hex[:16]}")
         self.send_header("x-request-id", f"req_{uuid.uuid4().hex[:16]}")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
         self.wfile.flush()
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (EOF or reset), without consuming data."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds`` (forever for ``inf``) while watching the client and the server.
+
+        Raises:
+            _ClientGone: The client closed the connection meanwhile.
+            BrokenPipeError: The server is stopping.
+        """
+        owner = self.server.owner
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            if owner._stopping.wait(min(left, 0.02)):
+                raise BrokenPipeError("fake LLM server stopping")
+            if self._client_gone():
+                raise _ClientGone()
+
+    def _write_body(self, data: bytes, reply: FakeReply) -> None:
+        """The body: at once, trickled, chunked, or stalled after some bytes."""
+        chunked = reply.chunked
+        pieces: Iterable[bytes]
+        if reply.trickle_bps:
+            step = max(1, int(reply.trickle_bps // 20))
+            pause = step / float(reply.trickle_bps)
+            pieces = (data[i:i + step] for i in range(0, len(data), step))
+        else:
+            pause = 0.0
+            size = 65536 if chunked else max(len(data), 1)
+            pieces = (data[i:i + size] for i in range(0, len(data), size))
+        if reply.stall_after is not None:
+            head = data[: reply.stall_after]
+            pieces = [head] if head else []
+        for i, piece in enumerate(pieces):
+            if i and pause:
+                self._wait(pause)
+            if chunked:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            else:
+                self.wfile.write(piece)
+            self.wfile.flush()
+        if reply.stall_after is not None:
+            self._wait(math.inf)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
     def do_GET(self) -> None:
+        owner = self.server.owner
         if self.path.rstrip("/").endswith("/models"):
-            body = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+            owner._listed()
+            ids = owner.served_models or [owner.model or "fake-model"]
+            body = {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
             self._send(200, json.dumps(body).encode())
         else:
             self._send(404, json.dumps(_error_body("openai", 404, "not found")).encode())
@@ -656,7 +911,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         path = self.path.split("?", 1)[0].rstrip("/")
         kind: Literal["openai", "anthropic"]
-        if path.endswith("/chat/completions"):
+        if path.endswith(("/chat/completions", "/responses")):
             kind = "openai"
         elif path.endswith("/messages"):
             kind = "anthropic"
@@ -670,23 +925,48 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         headers = {k.lower(): v for k, v in self.headers.items()}
-        req = _record(kind, path, headers, body)
         owner = self.server.owner
+        req = _record(kind, path, headers, body, owner.flavor)
         try:
             reply = owner._behaviour_for(req)
         except Exception as exc:  # a broken test responder becomes a 500, not a hung client
             logger.exception("fake LLM responder failed")
             reply = FakeReply(status=500, error_message=f"fake responder failed: {exc}")
-        if reply.delay_s > 0 and owner._stopping.wait(reply.delay_s):
-            return  # stopping: drop the connection without an answer
+        owner._serving(+1)
+        try:
+            self._respond(req, reply)
+        except _ClientGone:
+            owner._gone()
+        except (BrokenPipeError, ConnectionResetError):
+            if not owner._stopping.is_set():
+                owner._gone()
+            raise
+        finally:
+            owner._serving(-1)
+
+    def _respond(self, req: RecordedRequest, reply: FakeReply) -> None:
+        owner = self.server.owner
+        if reply.delay_s > 0:
+            self._wait(reply.delay_s)
         if reply.raw_body is not None:
             data = reply.raw_body.encode() if isinstance(reply.raw_body, str) else reply.raw_body
         elif reply.status >= 400:
             msg = reply.error_message or f"fake error {reply.status}"
-            data = json.dumps(_error_body(kind, reply.status, msg)).encode()
+            data = json.dumps(_error_body(req.kind, reply.status, msg)).encode()
         else:
-            data = json.dumps(_success_body(req, reply)).encode()
-        self._send(reply.status, data, reply.headers)
+            if owner.flavor == "ignores_response_format" and reply.text is None and (
+                reply.json_obj is not None and req.tool_name is None
+            ):
+                prose = "Sure! Here is my answer:\n```json\n" + json.dumps(reply.json_obj)
+                reply = replace(reply, text=prose + "\n```\nHope this helps.")
+            model = reply.model or owner.model or req.model or "fake-model"
+            data = json.dumps(_success_body(req, reply, model)).encode()
+        slow = reply.trickle_bps or reply.stall_after is not None or reply.chunked
+        if not slow:
+            self._send(reply.status, data, reply.headers)
+            return
+        self._send_head(reply.status, reply.headers, length=None if reply.chunked else len(data))
+        self._write_body(data, reply)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -698,16 +978,25 @@ class _HTTPServer(ThreadingHTTPServer):
 class FakeLLMServer:
     """A real HTTP server on 127.0.0.1 that imitates the OpenAI and Anthropic APIs.
 
-    Routes: ``POST /v1/chat/completions`` (OpenAI) and ``POST /v1/messages`` (Anthropic);
-    ``GET /v1/models`` lists one model. Every request is recorded in :attr:`requests`.
-    Thread-safe; use as a context manager, or call :meth:`start` / :meth:`stop`.
+    Routes: ``POST /v1/chat/completions`` and ``POST /v1/responses`` (OpenAI),
+    ``POST /v1/messages`` (Anthropic); ``GET /v1/models`` lists the served models. Every
+    request is recorded in :attr:`requests`. Thread-safe; use as a context manager, or call
+    :meth:`start` / :meth:`stop`. ``flavor``, ``model`` and ``served_models`` are attributes
+    too (restored by :meth:`reset`).
 
     Args:
         responder: Default behaviour when the script queue is empty; ``None`` means
             :func:`random_proposer` with ``seed``.
         seed: Seed of the default random proposer.
-        host: Interface to bind (loopback by default).
+        host: Interface to bind (loopback only: a test tool never listens outside).
         port: Port to bind; 0 picks a free one.
+        flavor: ``"openai"`` (a cooperative server), ``"llama_cpp_python"`` (its server's
+            ``response_format`` handling) or ``"ignores_response_format"`` (prose around the
+            JSON, schemas only followed when written in the system text).
+        model: The model every reply names (a server's own alias); ``None`` echoes the
+            requested one.
+        served_models: The models ``GET /v1/models`` lists; a request for another one gets
+            404 "The model `x` does not exist." (vLLM's wording). ``None`` accepts any.
     """
 
     def __init__(
@@ -717,7 +1006,23 @@ class FakeLLMServer:
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        flavor: Flavor = "openai",
+        model: str | None = None,
+        served_models: list[str] | None = None,
     ) -> None:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"host={host!r}: the fake LLM server binds loopback only "
+                             "(127.0.0.1 or ::1).")
+        if flavor not in ("openai", "llama_cpp_python", "ignores_response_format"):
+            raise ValueError(f"flavor={flavor!r} is unknown: use openai, llama_cpp_python or "
+                             "ignores_response_format.")
+        self._config = (flavor, model, list(served_models) if served_models else None)
+        self.flavor: Flavor = flavor
+        self.model = model
+        self.served_models = self._config[2]
+        self._active = 0
+        self._disconnects = 0
+        self._models_listed = 0
         self._host = host
         self._port = port
         self._seed = seed
@@ -806,9 +1111,41 @@ class FakeLLMServer:
         with self._lock:
             self._queue.extend(behaviours)
 
+    def _serving(self, delta: int) -> None:
+        with self._lock:
+            self._active += delta
+
+    def _gone(self) -> None:
+        with self._lock:
+            self._disconnects += 1
+
+    def _listed(self) -> None:
+        with self._lock:
+            self._models_listed += 1
+
+    def _refusal(self, req: RecordedRequest) -> FakeReply | None:
+        """What the server itself answers before any model runs (not a scripted reply)."""
+        if self.served_models is not None and req.model not in self.served_models:
+            msg = (f"model: {req.model}" if req.kind == "anthropic"
+                   else f"The model `{req.model}` does not exist.")
+            return FakeReply(status=404, error_message=msg)
+        if self.flavor == "llama_cpp_python" and req.api == "chat":
+            fmt = req.body.get("response_format")
+            if isinstance(fmt, dict) and fmt.get("type") not in (None, "text", "json_object"):
+                return FakeReply(status=500, error_message=_LLAMA_CPP_REJECTION)
+            if isinstance(fmt, dict) and fmt.get("type") == "json_object" and not fmt.get(
+                "schema"
+            ):
+                # the grammar only forces "some JSON": a small model echoes the schema text
+                return FakeReply(json_obj=_hint_schema(req.system) or {"json": "object"})
+        return None
+
     def _behaviour_for(self, req: RecordedRequest) -> FakeReply:
+        refusal = self._refusal(req)
         with self._lock:
             self._requests.append(req)
+            if refusal is not None:
+                return refusal
             behaviour = self._queue.popleft() if self._queue else self.responder
         if callable(behaviour):
             behaviour = behaviour(req)
@@ -826,6 +1163,24 @@ class FakeLLMServer:
             return list(self._requests)
 
     @property
+    def active(self) -> int:
+        """Replies being sent right now (a trickling or stalled one counts until it ends)."""
+        with self._lock:
+            return self._active
+
+    @property
+    def disconnects(self) -> int:
+        """Replies the client gave up on before they were complete."""
+        with self._lock:
+            return self._disconnects
+
+    @property
+    def models_listed(self) -> int:
+        """How many times ``GET /v1/models`` was asked."""
+        with self._lock:
+            return self._models_listed
+
+    @property
     def pending(self) -> int:
         """Scripted behaviours not consumed yet."""
         with self._lock:
@@ -839,8 +1194,13 @@ class FakeLLMServer:
         return counts
 
     def reset(self) -> None:
-        """Forget recorded requests and scripted behaviours; restore the default responder."""
+        """Forget recorded requests, scripted behaviours and disconnects; restore the default
+        responder and the constructor's ``flavor``, ``model`` and ``served_models``."""
         with self._lock:
             self._requests.clear()
             self._queue.clear()
+            self._disconnects = 0
+            self._models_listed = 0
             self.responder = self._default
+            self.flavor, self.model, served = self._config
+            self.served_models = list(served) if served is not None else None
