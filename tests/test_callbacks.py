@@ -1,4 +1,4 @@
-"""Callbacks against a real SQLite study: reports, curves, pruning, heartbeats, artifacts."""
+"""Callbacks against a real SQLite study: reports, curves, pruning, artifacts, epoch lines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 import functools
 import json
 import logging
-import sqlite3
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import optuna
 import pytest
 import torch
 
-from hpo.callbacks import Heartbeat, MetricsWriter, OptunaReporter
+from hpo.callbacks import EpochProgress, MetricsWriter, OptunaReporter
 from hpo.errors import MetricNotFoundError
 from hpo.tasks import MLP, ClassifierModule, DigitsDataModule
 from hpo.trial_context import TrialContext
@@ -51,8 +51,7 @@ def fit(dm: DigitsDataModule, callbacks: list[L.Callback], epochs: int = 2) -> C
 
 
 def running_trial(tmp_path: Path, *, pruner: optuna.pruners.BasePruner | None = None,
-                  direction: str = "maximize", heartbeat_s: float = 0.0
-                  ) -> tuple[optuna.Study, TrialContext]:
+                  direction: str = "maximize") -> tuple[optuna.Study, TrialContext]:
     """A real SQLite study with one RUNNING trial, and the job's context for it."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction=direction, pruner=pruner)
@@ -62,18 +61,16 @@ def running_trial(tmp_path: Path, *, pruner: optuna.pruners.BasePruner | None = 
         storage.get_study_id_from_name("s"), trial.number
     )
     ctx = TrialContext(storage=url, study_name="s", trial_number=trial.number,
-                       trial_id=trial_id, heartbeat_s=heartbeat_s)
+                       trial_id=trial_id)
     return study, ctx
 
 
-def test_reports_curves_heartbeats_and_artifacts(tmp_path: Path,
-                                                 digits: DigitsDataModule) -> None:
-    study, ctx = running_trial(tmp_path, heartbeat_s=0.05)
+def test_reports_curves_and_artifacts(tmp_path: Path, digits: DigitsDataModule) -> None:
+    study, ctx = running_trial(tmp_path)
     reporter = OptunaReporter(monitor="val/acc", ctx=ctx,
                               pruner=optuna.pruners.NopPruner())
-    heartbeat = Heartbeat(ctx=ctx)
     writer = MetricsWriter(out_dir=tmp_path / "out")
-    model = fit(digits, [reporter, heartbeat, writer])
+    model = fit(digits, [reporter, writer])
 
     assert reporter.active
     trial = study.trials[0]
@@ -90,12 +87,7 @@ def test_reports_curves_heartbeats_and_artifacts(tmp_path: Path,
     assert curves["lr"] == [0.01, 0.01]
     assert trial.user_attrs["per_class"] == json.loads(json.dumps(model.per_class))
     assert "pruned_at_epoch" not in trial.user_attrs
-
-    # the heartbeat thread recorded beats in storage and stopped at teardown
-    assert not heartbeat.running and heartbeat.beats >= 1
-    with sqlite3.connect(tmp_path / "study.db") as db:
-        beats = db.execute("SELECT trial_id FROM trial_heartbeats").fetchall()
-    assert beats == [(ctx.trial_id,)]
+    assert trial.user_attrs["hpo:host"]  # where the job ran
 
     # the artifacts
     out = tmp_path / "out"
@@ -152,7 +144,6 @@ def test_context_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for key, value in ctx.env().items():
         monkeypatch.setenv(key, value)
     assert OptunaReporter(monitor="val/acc").ctx == ctx
-    assert Heartbeat().ctx == ctx
 
 
 def test_no_context_does_nothing(digits: DigitsDataModule,
@@ -160,10 +151,8 @@ def test_no_context_does_nothing(digits: DigitsDataModule,
     for key in TrialContext("x", "x", 0, 0).env():
         monkeypatch.delenv(key, raising=False)
     reporter = OptunaReporter(monitor="no/such/metric")
-    heartbeat = Heartbeat()
-    fit(digits, [reporter, heartbeat], epochs=1)  # does not even look for the metric
+    fit(digits, [reporter], epochs=1)  # does not even look for the metric
     assert reporter.ctx is None and not reporter.active
-    assert heartbeat.beats == 0
 
 
 def test_storage_error_is_logged_once_and_training_goes_on(
@@ -173,9 +162,9 @@ def test_storage_error_is_logged_once_and_training_goes_on(
     # the driver already finished the trial (e.g. failed it as stale): every write now fails
     study.tell(ctx.trial_number, state=optuna.trial.TrialState.FAIL)
     reporter = OptunaReporter(monitor="val/acc", ctx=ctx)
-    with caplog.at_level(logging.WARNING, logger="hpo.callbacks.optuna_reporter"):
+    with caplog.at_level(logging.WARNING, logger="hpo.trial_context"):
         fit(digits, [reporter], epochs=2)
-    warnings = [r for r in caplog.records if r.name == "hpo.callbacks.optuna_reporter"]
+    warnings = [r for r in caplog.records if r.name == "hpo.trial_context"]
     assert len(warnings) == 1 and "training goes on" in warnings[0].getMessage()
     assert study.trials[0].intermediate_values == {}
 
@@ -192,16 +181,36 @@ def test_bad_monitor_name() -> None:
         OptunaReporter(monitor="", ctx=None)
 
 
-def test_heartbeat_skips_storages_without_heartbeats(digits: DigitsDataModule) -> None:
-    ctx = TrialContext(storage="memory", study_name="s", trial_number=0, trial_id=0,
-                       heartbeat_s=0.01)
-    heartbeat = Heartbeat(ctx=ctx)
+def test_each_fold_keeps_its_own_curves_and_per_class(tmp_path: Path,
+                                                       digits: DigitsDataModule) -> None:
+    """Under cv.folds=2 both fold jobs report to the same trial: nothing is overwritten."""
+    study, ctx = running_trial(tmp_path)
+    models = []
+    for fold in (0, 1):
+        reporter = OptunaReporter(monitor="val/acc", ctx=ctx, fold=fold,
+                                  pruner=optuna.pruners.NopPruner())
+        models.append(fit(digits, [reporter], epochs=2 + fold))
+    attrs = study.trials[0].user_attrs
+    assert "curves" not in attrs and "per_class" not in attrs
+    assert attrs["curves_fold_0"]["epoch"] == [0, 1]
+    assert attrs["curves_fold_1"]["epoch"] == [0, 1, 2]
+    for fold, model in enumerate(models):
+        assert attrs[f"per_class_fold_{fold}"] == json.loads(json.dumps(model.per_class))
+    # fold 0 alone reports intermediate values: fold 1's epoch 2 is not among them
+    assert sorted(study.trials[0].intermediate_values) == [0, 1]
+    assert study.trials[0].intermediate_values[1] == pytest.approx(
+        attrs["curves_fold_0"]["val/acc"][1], rel=1e-5)
 
-    class _Trainer:
-        is_global_zero = True
 
-    heartbeat.on_fit_start(_Trainer(), None)  # type: ignore[arg-type]
-    assert not heartbeat.running
+def test_epoch_progress_logs_one_line_per_epoch(digits: DigitsDataModule,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="hpo.callbacks.progress"):
+        fit(digits, [EpochProgress(("train/loss", "val/loss", "val/acc", "val/acc"))], epochs=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hpo.callbacks.progress"]
+    assert len(lines) == 2
+    for i, line in enumerate(lines, start=1):
+        assert re.fullmatch(rf"epoch {i}/2: train/loss=\S+ val/loss=\S+ val/acc=0\.\d+ "
+                            r"\(\d+\.\d s\)", line), line
 
 
 def test_writer_state_survives_a_checkpoint(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The external-command task: parameter rendering, metrics files, failures, timeouts, reporting
-to a real SQLite study, and (slow) a CLI sweep of examples/command/train_toy.py."""
+"""The external-command task, module by module (spec, params, metrics, process) and whole:
+failures, timeouts, reporting to a real SQLite study (per fold under cv), and (slow) CLI sweeps
+of examples/command/train_toy.py."""
 
 from __future__ import annotations
 
@@ -24,24 +25,30 @@ from hpo.tasks.command import (
     CommandFailedError,
     CommandSpec,
     CommandTimeoutError,
+    CurvesFile,
     MetricsTable,
     env_name,
     read_metrics,
     render_args,
     run,
 )
+from hpo.tasks.command.params import prepare
+from hpo.tasks.command.process import failure, supervise
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_cfg(objective: Any = "score", **command: Any) -> Any:
+def make_cfg(objective: Any = "score", cv: dict[str, int] | None = None, **command: Any) -> Any:
     base: dict[str, Any] = {
         "argv": None, "shell": None, "params": {}, "params_file": None, "env": {},
         "metrics_file": "metrics.json", "curves_file": None, "objective_key": None,
         "report_key": None, "reduce": "last", "timeout_s": 60, "poll_s": 0.2, "prune": True,
     }
     base.update(command)
-    return OmegaConf.create({"command": base, "objective": objective, "seed": 7})
+    cfg: dict[str, Any] = {"command": base, "objective": objective, "seed": 7}
+    if cv is not None:
+        cfg["cv"] = cv
+    return OmegaConf.create(cfg)
 
 
 def py(code: str) -> list[str]:
@@ -167,6 +174,87 @@ def test_csv_torn_last_line_is_ignored_while_running() -> None:
     table = MetricsTable.parse("epoch,acc\n0,0.5\n1,0.", complete_lines_only=True)
     assert table.rows == [[0.0, 0.5]]
     assert MetricsTable.parse("step,acc\n0,0.5\n3,\n").step_of(1) == 3
+
+
+# --- params: handing them to the program ------------------------------------------------------
+
+
+def test_prepare_renders_args_env_and_file(tmp_path: Path) -> None:
+    spec = CommandSpec.from_cfg(make_cfg(
+        argv=["{python}", "t.py", "--lr={params.lr}", "--f={fold}/{folds}", "--o={output_dir}"],
+        params={"lr": 0.5, "opt": {"name": "sgd"}}, params_file="p.json",
+        env={"TAG": "{params.opt.name}-{seed}"},
+    ))
+    call = prepare(spec, tmp_path, trial_number=4, seed=7, fold=2, folds=3,
+                   environ={"PATH": "/bin", "OPENAI_API_KEY": "sk-x", "KEEP": "1"})
+    assert call.args == [sys.executable, "t.py", "--lr=0.5", "--f=2/3", f"--o={tmp_path}"]
+    env = call.env
+    assert env["HPO_FOLD"] == "2" and env["HPO_FOLDS"] == "3" and env["HPO_SEED"] == "7"
+    assert env["HPO_PARAM_OPT_NAME"] == "sgd" and env["TAG"] == "sgd-7"
+    assert env["KEEP"] == "1" and "OPENAI_API_KEY" not in env
+    assert call.params_path == tmp_path / "p.json"
+    assert json.loads((tmp_path / "p.json").read_text()) == {"lr": 0.5, "opt.name": "sgd"}
+    assert env["HPO_PARAMS_FILE"] == str(tmp_path / "p.json")
+
+
+def test_prepare_quotes_a_shell_line(tmp_path: Path) -> None:
+    spec = CommandSpec.from_cfg(make_cfg(shell="run {params.s} {trial_number}",
+                                         params={"s": "a b"}))
+    call = prepare(spec, tmp_path, environ={})
+    assert call.args == "run 'a b' ''" and call.shown == call.args
+    assert call.env["HPO_FOLD"] == "0" and call.env["HPO_FOLDS"] == "1"
+    assert "HPO_SEED" not in call.env and call.params_path is None
+
+
+# --- process: supervising a real child -----------------------------------------------------------
+
+
+def test_supervise_copies_output_and_masks_secrets(tmp_path: Path) -> None:
+    code = "import sys; print('key sk-secret-1 out'); print('bad', file=sys.stderr); sys.exit(5)"
+    end = supervise([sys.executable, "-c", code], cwd=tmp_path, env={"PATH": "/usr/bin"},
+                    secrets=["sk-secret-1"], poll_s=0.05)
+    assert end.code == 5 and not end.stopped and end.stderr_tail == ["bad"]
+    text = (tmp_path / LOG_FILE).read_text()
+    assert "key *** out" in text and "sk-secret-1" not in text and "bad" in text
+    assert str(failure(end)).startswith("the command exited with code 5 after")
+
+
+def test_supervise_stops_the_child_when_asked(tmp_path: Path) -> None:
+    polls: list[int] = []
+
+    def on_poll() -> bool:
+        polls.append(1)
+        return len(polls) >= 3
+
+    code = "import time; open('started', 'w').close(); time.sleep(60)"
+    end = supervise([sys.executable, "-c", code], cwd=tmp_path, env={}, poll_s=0.1,
+                    on_poll=on_poll, grace_s=2.0)
+    assert end.stopped and len(polls) == 3 and end.code < 0  # ended by SIGTERM
+    assert (tmp_path / "started").exists()
+
+
+def test_supervise_names_a_killing_signal(tmp_path: Path) -> None:
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    end = supervise([sys.executable, "-c", code], cwd=tmp_path, env={}, poll_s=0.05)
+    assert end.code == -9
+    assert "the command was killed by SIGKILL after" in str(failure(end))
+    with pytest.raises(CommandTimeoutError, match=r"timeout_s=0\.3 s"):
+        supervise([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path,
+                  env={}, timeout_s=0.3, poll_s=0.05, grace_s=1.0)
+
+
+# --- metrics: the live curves file ---------------------------------------------------------------
+
+
+def test_curves_file_reads_only_changes_and_complete_rows(tmp_path: Path) -> None:
+    curves = CurvesFile(tmp_path / "c.csv")
+    assert curves.poll() is None and curves.read() is None  # not written yet
+    (tmp_path / "c.csv").write_text("epoch,acc\n0,0.5\n1,0.")
+    table = curves.poll()
+    assert table is not None and table.rows == [[0.0, 0.5]]
+    assert curves.poll() is None  # unchanged since the last look
+    full = curves.read()
+    assert full is not None and full.rows == [[0.0, 0.5], [1.0, 0.0]]
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -346,6 +434,24 @@ def test_csv_per_class_reaches_trial_attrs(in_tmp: Path,
     assert t.intermediate_values == {0: 0.4, 1: 0.8}
 
 
+def test_each_fold_keeps_its_per_class_and_curves(in_tmp: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """cv.folds=2: both fold jobs of one trial write their own keys; only fold 0 reports."""
+    url, number = open_trial_context(in_tmp, monkeypatch)
+    for fold, accs in ((0, "0.4,0.8"), (1, "0.3,0.5,0.6")):
+        cfg = make_cfg(objective="val/acc", argv=[*py(CURVE), accs, "0"], metrics_file="curve.csv",
+                       cv={"folds": 2, "fold": fold})
+        run(cfg)
+    attrs = optuna.load_study(study_name="cmd", storage=url).trials[number].user_attrs
+    assert "per_class" not in attrs and "curves" not in attrs
+    assert attrs["per_class_fold_0"] == {"f1": {"a": 0.4, "b": 0.8}}
+    assert attrs["per_class_fold_1"] == {"f1": {"a": 0.3, "b": 0.6}}
+    assert attrs["curves_fold_0"]["val/acc"] == [0.4, 0.8]
+    assert attrs["curves_fold_1"]["val/acc"] == [0.3, 0.5, 0.6]
+    t = optuna.load_study(study_name="cmd", storage=url).trials[number]
+    assert t.intermediate_values == {0: 0.4, 1: 0.8}  # fold 0's
+
+
 def test_pruner_stops_the_command(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url, number = open_trial_context(
         in_tmp, monkeypatch, pruner=optuna.pruners.ThresholdPruner(lower=0.5)
@@ -440,3 +546,25 @@ def test_cli_command_line_only(tmp_path: Path) -> None:
         assert t.state.name == "COMPLETE" and 0.0 < t.value <= 1.0
         log_text = (Path(t.user_attrs["hpo:output_dir"]) / "command.log").read_text()
         assert f"--lr={t.params['command.params.lr']!r}" in log_text
+
+
+@pytest.mark.slow
+def test_cli_cv_folds_on_the_command_task(tmp_path: Path) -> None:
+    """`cv.folds=2` as documented (no `+`): two fold jobs per trial, each keeps its per-class
+    scores and curves; the program validates on its own fold."""
+    db = tmp_path / "s.db"
+    run_cli(
+        ["-m", "hpo.train", "--config-name", "command", "-m", "+experiment=toy_command",
+         "agent=none", "cv.folds=2", "hydra.sweeper.n_trials=1", "command.params.epochs=2",
+         f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=REPO_ROOT, env=clean_env(), timeout=300,
+    )
+    (t,) = optuna.load_study(study_name="toy_command", storage=f"sqlite:///{db}").trials
+    assert t.state.name == "COMPLETE"
+    assert len(t.user_attrs["folds"]) == 2
+    per_fold = [t.user_attrs[f"per_class_fold_{i}"]["f1"] for i in range(2)]
+    assert all(sorted(p) == [str(c) for c in range(10)] for p in per_fold)
+    assert per_fold[0] != per_fold[1]  # two different validation folds
+    for i in range(2):
+        assert t.user_attrs[f"curves_fold_{i}"]["epoch"] == [0, 1]
+    assert "per_class" not in t.user_attrs

@@ -123,6 +123,9 @@ def test_kfold_cv_tells_the_mean_and_keeps_folds(tmp_path: Path) -> None:
             )
             assert cfg.cv.fold == i and cfg.cv.folds == 3
             assert cfg.data.fold == i and cfg.data.folds == 3
+            # each fold keeps its own per-class scores and curves (nothing overwritten)
+            assert sorted(t.user_attrs[f"per_class_fold_{i}"]) == ["acc", "f1"]
+            assert t.user_attrs[f"curves_fold_{i}"]["epoch"] == [0]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -77,10 +78,14 @@ def test_model_optimizer_scheduler_instantiate_and_step(
 
 @pytest.mark.parametrize("trainer", options("trainer"))
 def test_trainer_options_compose(composer, trainer: str) -> None:
+    from hpo.tasks.lightning import trainer_config
+
     cfg = composer(f"trainer={trainer}")
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    node, quiet = trainer_config(cfg)  # hpo's own `quiet` key is not a Trainer argument
+    assert quiet is True
     if trainer != "gpu":  # a GPU trainer can only be built where there is a GPU
-        t = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        t = instantiate(node, logger=False, enable_checkpointing=False)
         assert t.max_epochs == cfg.trainer.max_epochs
 
 
@@ -101,14 +106,26 @@ def test_search_space_presets_parse(composer, space: str) -> None:
     assert all(p.distribution is not None for p in parsed)
 
 
-def test_single_run_prints_the_objective(tmp_path: Path) -> None:
-    proc = run_cli(["-m", "hpo.train", "trainer=debug"], cwd=tmp_path)
+# Lightning's banners, tips and notes that a trial must not print (trainer.quiet=true)
+LIGHTNING_NOISE = ("GPU available", "TPU available", "litlogger", "LOCAL_RANK",
+                   "Restoring states", "Loaded model weights", "`Trainer.fit` stopped")
+
+
+def test_single_run_prints_epochs_and_the_objective(tmp_path: Path) -> None:
+    proc = run_cli(["-m", "hpo.train", "trainer=debug", "trainer.max_epochs=2"], cwd=tmp_path)
     assert "objective: val/acc=" in proc.stdout
+    epochs = re.findall(
+        r"epoch (\d)/2: train/loss=\S+ val/loss=\S+ val/acc=\S+ \(\d+\.\d s\)", proc.stdout
+    )
+    assert epochs == ["1", "2"], proc.stdout
+    output = proc.stdout + proc.stderr
+    assert not [n for n in LIGHTNING_NOISE if n in output], output
     runs = list((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 1
     out = runs[0]
     assert (out / "metrics.csv").exists() and (out / "summary.json").exists()
     assert (out / "checkpoints" / "best.ckpt").exists()
+    assert not (out / "csv").exists()  # one metrics.csv: hpo's, no Lightning CSV logger
 
 
 def test_help_describes_groups_and_sweep(tmp_path: Path) -> None:
@@ -123,7 +140,8 @@ def test_help_describes_groups_and_sweep(tmp_path: Path) -> None:
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The issue's check: 6 trials, 2 slots, log-uniform lr, model choice, SQLite."""
     tmp = tmp_path_factory.mktemp("sweep")
-    run_cli(_check_command(tmp), cwd=tmp)
+    proc = run_cli(_check_command(tmp), cwd=tmp)
+    (tmp / "output.txt").write_text(proc.stdout + proc.stderr)
     return tmp
 
 
@@ -151,6 +169,14 @@ def test_sweep_stores_six_trials_with_real_distributions(swept: Path) -> None:
     assert baseline.params == {"optimizer.lr": 1e-3, "model": "mlp"}  # config defaults first
     assert baseline.user_attrs["hpo:source"] == "baseline"
     assert study.metric_names == ["val/acc"]
+
+
+@pytest.mark.slow
+def test_sweep_trials_print_no_lightning_noise(swept: Path) -> None:
+    output = (swept / "output.txt").read_text()
+    assert not [n for n in LIGHTNING_NOISE if n in output], output
+    assert "objective:" not in output  # the driver logs each trial's result once
+    assert not re.search(r"^epoch \d", output, re.M)  # per-epoch lines: single runs only
 
 
 @pytest.mark.slow

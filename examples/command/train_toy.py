@@ -6,7 +6,7 @@ appends one row per epoch to ``metrics.csv`` (``epoch, train/loss, train/acc, va
 val/acc, val/f1, f1_class_0 ... f1_class_9``) and writes ``metrics.json`` at the end
 (``{"val": {"acc": ..., "loss": ..., "f1": ...}, "train": {...}, "per_class": {"f1": {...}}}``).
 Both files land in the working directory, which the command task sets to the trial's output
-directory.
+directory. Under ``cv.folds=K`` it validates on fold ``$HPO_FOLD`` of a stratified K-fold split.
 
 Run it alone::
 
@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score, log_loss
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.neural_network import MLPClassifier
 
 
@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=int(os.environ.get("HPO_FOLDS", 1)),
+                   help="k-fold cross-validation: number of folds (default: $HPO_FOLDS or 1)")
+    p.add_argument("--fold", type=int, default=int(os.environ.get("HPO_FOLD", 0)),
+                   help="the fold validated on (default: $HPO_FOLD or 0)")
     p.add_argument("--sleep", type=float, default=0.0, help="extra seconds per epoch (tests)")
     fail = os.environ.get("TOY_FAIL_AT_EPOCH")
     p.add_argument("--fail-at-epoch", type=int, default=int(fail) if fail else None,
@@ -54,11 +58,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --lr={args.lr} and --epochs={args.epochs} must be positive",
               file=sys.stderr)
         return 2
+    if not 0 <= args.fold < max(args.folds, 1):
+        print(f"error: --fold={args.fold} is outside [0, --folds={args.folds})", file=sys.stderr)
+        return 2
     digits = load_digits()
     x = digits.data / 16.0
     y = digits.target
-    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, stratify=y,
-                                              random_state=args.seed)
+    if args.folds > 1:  # validate on fold `fold` of a stratified k-fold split
+        splits = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed).split(x, y)
+        tr, va = list(splits)[args.fold]
+        x_tr, x_va, y_tr, y_va = x[tr], x[va], y[tr], y[va]
+    else:
+        x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.2, stratify=y,
+                                                  random_state=args.seed)
     classes = np.arange(10)
     model = MLPClassifier(hidden_layer_sizes=(args.hidden,), learning_rate_init=args.lr,
                           alpha=args.alpha, batch_size=args.batch_size, random_state=args.seed)

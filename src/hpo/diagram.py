@@ -181,7 +181,7 @@ def load_agent_config(preset: str = "auto") -> dict[str, Any]:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from hpo.train import config_dir
+    from hpo.paths import config_dir
 
     conf = Path(config_dir())
     presets = sorted(p.stem for p in (conf / "agent").glob("*.yaml"))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hpo.callbacks.heartbeat import Heartbeat
 from hpo.callbacks.metrics_writer import MetricsWriter
 from hpo.callbacks.optuna_reporter import OptunaReporter
+from hpo.callbacks.progress import EpochProgress
 
-__all__ = ["Heartbeat", "MetricsWriter", "OptunaReporter"]
+__all__ = ["EpochProgress", "MetricsWriter", "OptunaReporter"]

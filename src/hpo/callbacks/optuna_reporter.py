@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import lightning as L
 import optuna
 
 from hpo.callbacks._epochs import COLUMNS, TRAIN_KEYS, VAL_KEYS, EpochTable, as_float
 from hpo.errors import MetricNotFoundError
-from hpo.trial_context import TrialContext, current, open_trial
+from hpo.trial_context import TrialContext, TrialReporter, current
 
 __all__ = ["OptunaReporter"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class OptunaReporter(L.Callback):
@@ -31,19 +26,23 @@ class OptunaReporter(L.Callback):
     significant digits, None for gaps) and the module's ``per_class`` scores as ``per_class``;
     then, if ``prune`` and the pruner says so, sets the user attr ``pruned_at_epoch`` and raises
     :class:`optuna.TrialPruned`. The training means of an epoch exist only after its validation,
-    so they join ``curves`` at the end of the training epoch.
+    so they join ``curves`` at the end of the training epoch. Under k-fold cross-validation
+    (``fold`` given) the keys are ``curves_fold_<i>`` and ``per_class_fold_<i>`` and only fold 0
+    reports values (see :mod:`hpo.trial_context`).
 
     Without a trial context (a plain run outside a sweep) it does nothing. A storage error is
     logged once and training goes on; only rank 0 talks to storage and the prune decision is
-    broadcast to all ranks.
+    broadcast to all ranks. Storage goes through :class:`hpo.trial_context.TrialReporter`, the
+    same one the external-command task uses.
 
     Args:
         monitor: Logged metric to report, e.g. ``"val/acc"`` (the study's objective).
         ctx: Trial context; default :func:`hpo.trial_context.current`.
         prune: Ask the pruner after each report and stop the trial when it says so.
         pruner: Pruner deciding ``should_prune``. A study loaded from storage does not remember
-            the pruner it was created with, so pass the sweep's one; None keeps the loaded
-            study's default (Optuna's ``MedianPruner``).
+            the pruner it was created with, so pass the sweep's one; None takes the sweep's
+            from ``HPO_PRUNER`` (no pruning without one).
+        fold: ``cv.fold`` of this job under k-fold cross-validation; None otherwise.
     """
 
     def __init__(
@@ -53,73 +52,43 @@ class OptunaReporter(L.Callback):
         ctx: TrialContext | None = None,
         prune: bool = True,
         pruner: optuna.pruners.BasePruner | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"monitor={monitor!r} is not a metric name: pass e.g. 'val/acc'")
         self.monitor = monitor
         self.ctx = ctx if ctx is not None else current()
-        self.prune = bool(prune)
-        self.pruner = pruner
-        self.trial: optuna.trial.Trial | None = None
+        self.reporter = TrialReporter(self.ctx, fold=fold, prune=prune, pruner=pruner,
+                                      job="training")
         self._opened = False
-        self._error_logged = False
-        self._multi_objective = False
-        self._reported: set[int] = set()
         self._table = EpochTable()
 
     @property
     def active(self) -> bool:
         """Whether a trial is open to report to."""
-        return self.trial is not None
+        return self.reporter.active
+
+    @property
+    def trial(self) -> optuna.trial.Trial | None:
+        """The open trial, or None."""
+        trial: optuna.trial.Trial | None = self.reporter.trial
+        return trial
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Open the trial once (rank 0, fit stage)."""
         if stage != "fit" or self._opened or self.ctx is None:
             return
         self._opened = True
-        if not trainer.is_global_zero:
-            return
-        try:
-            self.trial = open_trial(self.ctx)
-        except Exception:
-            log.warning("cannot open trial %d of study %r: training goes on without reporting",
-                        self.ctx.trial_number, self.ctx.study_name, exc_info=True)
-            return
-        if self.pruner is not None:
-            self.trial.study.pruner = self.pruner
-        for key, value in placement_attrs().items():
-            self._safe(f"storing {key}", self.trial.set_user_attr, key, value, default=None)
-        self._multi_objective = len(self.trial.study.directions) > 1
-        if self._multi_objective:
-            log.info("study %r has several objectives: reporting curves, not pruning",
-                     self.ctx.study_name)
+        if trainer.is_global_zero:
+            self.reporter.open()
 
-    def _safe(self, what: str, fn: Callable[..., T], *args: Any, default: T) -> T:
-        """``fn(*args)``, or ``default`` after logging a storage error (once at warning)."""
-        try:
-            return fn(*args)
-        except Exception:
-            if not self._error_logged:
-                self._error_logged = True
-                log.warning("%s failed for trial %s: training goes on (further storage errors "
-                            "logged at debug level)", what, self._trial_label(), exc_info=True)
-            else:
-                log.debug("%s failed for trial %s", what, self._trial_label(), exc_info=True)
-            return default
-
-    def _trial_label(self) -> str:
-        return "?" if self.ctx is None else f"{self.ctx.study_name}#{self.ctx.trial_number}"
-
-    def _write_attrs(self, pl_module: L.LightningModule) -> None:
-        assert self.trial is not None
+    def _store(self, pl_module: L.LightningModule) -> None:
         names = self._table.names((*COLUMNS, self.monitor))
-        self._safe("storing curves", self.trial.set_user_attr, "curves",
-                   self._table.curves(names), default=None)
+        self.reporter.store_curves(self._table.curves(names))
         per_class = getattr(pl_module, "per_class", None)
         if per_class:
-            self._safe("storing per_class", self.trial.set_user_attr, "per_class",
-                       per_class, default=None)
+            self.reporter.store_per_class(per_class)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Report the monitored value, store curves, and prune if the pruner says so."""
@@ -130,7 +99,7 @@ class OptunaReporter(L.Callback):
         epoch = int(trainer.current_epoch)
         should_prune = False
         value: float | None = None
-        if self.trial is not None:
+        if self.reporter.active:
             if self.monitor not in trainer.callback_metrics:
                 raise MetricNotFoundError(
                     f"monitored metric {self.monitor!r} was not logged; logged: "
@@ -138,52 +107,29 @@ class OptunaReporter(L.Callback):
                 )
             value = as_float(trainer.callback_metrics[self.monitor])
             self._table.capture(trainer, (*VAL_KEYS, self.monitor))
-            if not self._multi_objective and value is not None and epoch not in self._reported:
-                self._reported.add(epoch)
-                self._safe("trial.report", self.trial.report, value, epoch, default=None)
-            self._write_attrs(pl_module)
-            if self.prune and not self._multi_objective:
-                should_prune = self._safe("trial.should_prune", self.trial.should_prune,
-                                          default=False)
+            self.reporter.report(value, epoch)
+            self._store(pl_module)
+            should_prune = self.reporter.should_prune()
         should_prune = bool(trainer.strategy.broadcast(should_prune, src=0))
         if should_prune:
-            if self.trial is not None:
-                self._safe("storing pruned_at_epoch", self.trial.set_user_attr,
-                           "pruned_at_epoch", epoch, default=None)
+            self.reporter.mark_pruned(epoch)
             shown = "?" if value is None else f"{value:.4g}"
-            log.info("trial %s pruned at epoch %d: %s=%s", self._trial_label(), epoch,
-                     self.monitor, shown)
+            label = "?" if self.ctx is None else self.ctx.label
+            log.debug("trial %s pruned at epoch %d: %s=%s", label, epoch, self.monitor, shown)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.monitor}={shown}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Add the epoch's training means and learning rate to the stored curves."""
-        if self.trial is None:
+        if not self.reporter.active:
             return
         self._table.capture(trainer, TRAIN_KEYS)
-        self._write_attrs(pl_module)
+        self._store(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         """Curves and reported epochs, so a resumed trial keeps its history."""
-        return {**self._table.state_dict(), "reported": sorted(self._reported)}
+        return {**self._table.state_dict(), "reported": sorted(self.reporter.reported)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self._table.load_state_dict(state_dict)
-        self._reported = {int(e) for e in state_dict.get("reported", [])}
-
-
-def placement_attrs(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Where this job runs, as trial user attrs: ``hpo:host``, and under SLURM
-    ``hpo:slurm_job_id`` (``ARRAYID_TASKID`` for array tasks, as sacct names them) and
-    ``hpo:slurm_restarts`` once the job was requeued (preemption)."""
-    env = os.environ if environ is None else environ
-    attrs: dict[str, Any] = {"hpo:host": socket.gethostname()}
-    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        attrs["hpo:slurm_job_id"] = f"{array}_{task}"
-    elif env.get("SLURM_JOB_ID"):
-        attrs["hpo:slurm_job_id"] = env["SLURM_JOB_ID"]
-    restarts = env.get("SLURM_RESTART_COUNT", "")
-    if restarts.isdigit() and int(restarts) > 0:
-        attrs["hpo:slurm_restarts"] = int(restarts)
-    return attrs
+        self.reporter.reported = {int(e) for e in state_dict.get("reported", [])}

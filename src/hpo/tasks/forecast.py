@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -207,21 +206,13 @@ class ForecastModule(L.LightningModule):
         return optimizers_from_factories(self, plateau_monitor="val/mse")
 
 
-def _output_dir() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path.cwd()
-
-
 def run(cfg: DictConfig) -> float | list[float]:
     """Train the forecaster of ``cfg`` once; return the objective value(s).
 
-    The same path as every Lightning task (:func:`hpo.train.fit_with_oom_stepdown`: Optuna
-    reporting and pruning, metrics files, early stopping, best checkpoint, OOM step-down,
-    resume); the model gets its shapes from :meth:`SeriesDataModule.model_kwargs`.
+    The same path as every Lightning task (:func:`hpo.tasks.lightning.run`: Optuna reporting
+    and pruning, metrics files, early stopping, best checkpoint, OOM step-down, resume); the
+    model gets its shapes from :meth:`SeriesDataModule.model_kwargs`.
     """
-    from hpo.train import fit_with_oom_stepdown
+    from hpo.tasks.lightning import run as run_lightning
 
-    return fit_with_oom_stepdown(cfg)
+    return run_lightning(cfg)

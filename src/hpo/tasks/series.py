@@ -295,7 +295,8 @@ class SeriesDataModule(L.LightningDataModule):
         return [c.strip() for c in header[1:]]
 
     def model_kwargs(self) -> dict[str, int]:
-        """The shapes a forecasting model is built with (see :func:`hpo.train.model_kwargs`)."""
+        """The shapes a forecasting model is built with (see
+        :func:`hpo.tasks.lightning.model_kwargs`)."""
         return {
             "input_dim": int(self.input_dim),
             "time_dim": int(self.time_dim),

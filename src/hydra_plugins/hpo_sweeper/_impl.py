@@ -765,9 +765,9 @@ class _SweepRun:
                 f"++hydra.job.env_set.{trial_context.ENV_TRIAL_ID}={trial._trial_id}",
             ]
             slot = _Slot(trial=trial, overrides=overrides)
+            # every fold job reports to the trial: its own per-class scores and curves
             jobs = [job] if self.folds <= 1 else [
-                [*(job if i == 0 else overrides), f"cv.fold={i}",
-                 f"hydra.sweep.subdir=trial_{trial.number}/fold_{i}"]
+                [*job, f"cv.fold={i}", f"hydra.sweep.subdir=trial_{trial.number}/fold_{i}"]
                 for i in range(self.folds)
             ]
             self.in_flight[pool.submit(self._launch, jobs, trial.number)] = slot
