@@ -351,13 +351,22 @@ def test_server_error_falls_back_with_reason(llm_env: FakeLLMServer, tmp_path: P
     assert study.user_attrs["hpo:fallback_total"] == 1
 
 
-def test_auth_error_disables_the_llm(llm_env: FakeLLMServer, tmp_path: Path) -> None:
+def test_auth_error_disables_the_llm_with_one_line_naming_the_fix(
+    llm_env: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     llm_env.script([FakeReply(status=401, error_message="bad key")])
     sampler = LLMSampler(chain=make_chain(), search_space=SPACE, baseline=False)
     study = new_study(sampler, tmp_path)
-    run(study, 3)
-    assert len(llm_env.requests) == 1
-    assert {t.user_attrs["hpo:fallback_reason"] for t in study.trials} == {"llm_error:auth"}
+    with caplog.at_level(logging.INFO, logger="hpo.samplers"):
+        run(study, 4)
+    assert len(llm_env.requests) == 1  # never asked again
+    reasons = [t.user_attrs["hpo:fallback_reason"] for t in study.trials]
+    assert reasons == ["llm_error:auth"] + ["llm_disabled:auth"] * 3
+    assert sampler.llm_disabled == "llm_disabled:auth"
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1
+    assert "disabled for this sweep" in said[0].getMessage()
+    assert "Fix: check the API key" in said[0].getMessage()
 
 
 def test_budget_spent_falls_back_with_one_warning(
