@@ -17,9 +17,12 @@ The rule, per trial number ``i``:
    ``window`` trials give a Beta posterior, and ``P`` is the probability (normal approximation)
    that the LLM's mean reward is at least the classical one's. Once the LLM has
    ``min_evidence`` finished trials, the share becomes
-   ``lo + (base - lo) * min(1, P / confidence)`` with ``lo = min(base, floor)``: an LLM that
+   ``lo + (base - lo) * min(1, P / confidence)^2`` with ``lo = min(base, floor)``: an LLM that
    does as well as the classical sampler keeps its share, one that does clearly worse falls to
-   the floor (never to 0, so it is still tried).
+   the floor (never to 0, so it is still tried). The classical sampler keeps a share too, so
+   there is always something to compare with: at least ``explore`` once the LLM has
+   ``2 * min_evidence`` finished trials while the classical sampler has fewer, else ``floor``. An LLM trial whose reply left nothing
+   usable (``no_proposal``) counts as a reward of 0 for the LLM.
 4. A uniform draw from the seed and ``i`` (a hash, no RNG state) below the share: the LLM.
 """
 
@@ -37,6 +40,9 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = ["Evidence", "SharePolicy", "SourceChoice", "SourceStats", "draw", "gather_evidence"]
 
 Source = Literal["llm", "classical"]
+# ``llm_miss``: an LLM trial whose reply left nothing usable (the classical sampler filled it);
+# it counts for the LLM with reward 0.
+Kind = Literal["llm", "classical", "llm_miss"]
 
 
 def draw(salt: int, number: int) -> float:
@@ -134,6 +140,8 @@ class SharePolicy:
         window: Each source's most recent finished trials the bandit reads.
         confidence: Below this posterior probability of "LLM not worse" the share is cut.
         min_evidence: The bandit acts once the LLM has this many finished trials.
+        explore: The classical sampler's least share once the LLM has ``2 * min_evidence``
+            finished trials while it has fewer.
     """
 
     base: float
@@ -145,6 +153,7 @@ class SharePolicy:
     window: int = 30
     confidence: float = 0.2
     min_evidence: int = 3
+    explore: float = 0.2
 
     def decide(self, number: int, evidence: Evidence) -> SourceChoice:
         """The source of trial ``number`` given ``evidence``."""
@@ -165,8 +174,14 @@ class SharePolicy:
         elif self.adaptive:
             lo = min(base, self.floor)
             prob = evidence.p_llm_not_worse()
-            w = min(1.0, prob / self.confidence) if self.confidence > 0 else 1.0
-            p = lo + (base - lo) * w
+            w = min(1.0, prob / self.confidence) ** 2 if self.confidence > 0 else 1.0
+            enough = 2 * self.min_evidence
+            keep = (
+                self.explore
+                if evidence.llm.n >= enough > evidence.classical.n
+                else self.floor
+            )
+            p = min(lo + (base - lo) * w, max(lo, 1.0 - keep))
             why += (
                 f" x bandit {w:.2f} (floor {self.floor:.2f}; mean rank of LLM trials "
                 f"{_rank_text(evidence.llm)} vs classical {_rank_text(evidence.classical)})"
@@ -187,7 +202,7 @@ def _rank_text(stats: SourceStats) -> str:
 def gather_evidence(
     trials: Sequence[FrozenTrial],
     directions: Sequence[str],
-    source_of: Callable[[FrozenTrial], Source | None],
+    source_of: Callable[[FrozenTrial], Kind | None],
     *,
     window: int = 30,
 ) -> Evidence:
@@ -196,8 +211,8 @@ def gather_evidence(
     Args:
         trials: Every trial of the study (any state).
         directions: ``minimize``/``maximize`` per objective.
-        source_of: The source a finished trial counts for, or None to leave it out (baseline,
-            trials of other samplers, re-run failures).
+        source_of: The source a finished trial counts for (``llm_miss``: for the LLM, with
+            reward 0), or None to leave it out (trials of other samplers, re-run failures).
         window: Each source's most recent finished trials that count.
     """
     finished = sorted(
@@ -209,10 +224,12 @@ def gather_evidence(
     reward = _rewards(complete, directions)
     picked: dict[str, list[float]] = {"llm": [], "classical": []}
     for t in reversed(finished):
-        src = source_of(t)
-        if src is None or len(picked[src]) >= window:
+        kind = source_of(t)
+        if kind is None:
             continue
-        picked[src].append(reward.get(t.number, 0.0))
+        src = "llm" if kind == "llm_miss" else kind
+        if len(picked[src]) < window:
+            picked[src].append(0.0 if kind == "llm_miss" else reward.get(t.number, 0.0))
     stats = {k: SourceStats(len(v), float(sum(v))) for k, v in picked.items()}
     return Evidence(
         llm=stats["llm"],

@@ -77,7 +77,7 @@ FALLBACK_TOTAL = "hpo:fallback_total"
 MODES = ("propose", "hybrid")
 # How far a value departs from the LLM's proposal, in increasing order.
 LLM_SOURCES = ("llm", "repaired", "clamped")
-CLASSICAL_SOURCES = ("fallback", "leader")
+CLASSICAL_SOURCES = ("fallback", "leader", "baseline")
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _RATIONALE_MAX_CHARS = 600
 _HYBRID_STARTUP = 5
@@ -1147,9 +1147,10 @@ class LLMSampler(BaseSampler):
             _logger.warning(msg, *args)
 
 
-def source_kind(trial: FrozenTrial) -> Literal["llm", "classical"] | None:
-    """The source a finished trial counts for in the bandit: ``llm`` (llm, repaired,
-    clamped), ``classical`` (fallback, leader), or None (baseline, trials of other samplers,
+def source_kind(trial: FrozenTrial) -> Literal["llm", "classical", "llm_miss"] | None:
+    """What a finished trial counts for in the bandit: ``llm`` (llm, repaired, clamped),
+    ``llm_miss`` (the LLM's reply left nothing usable: reward 0 for the LLM), ``classical``
+    (fallback, leader, and the baseline, the control), or None (trials of other samplers,
     failures re-run as another trial)."""
     attrs = trial.user_attrs
     if attrs.get(RETRIED, False):
@@ -1157,6 +1158,8 @@ def source_kind(trial: FrozenTrial) -> Literal["llm", "classical"] | None:
     src = attrs.get(SOURCE)
     if src in LLM_SOURCES:
         return "llm"
+    if src == "fallback" and attrs.get(FALLBACK_REASON) == "no_proposal":
+        return "llm_miss"
     if src in CLASSICAL_SOURCES:
         return "classical"
     return None
