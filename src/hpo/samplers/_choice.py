@@ -21,8 +21,9 @@ The rule, per trial number ``i``:
    does as well as the classical sampler keeps its share, one that does clearly worse falls to
    the floor (never to 0, so it is still tried). The classical sampler keeps a share too, so
    there is always something to compare with: at least ``explore`` once the LLM has
-   ``2 * min_evidence`` finished trials while the classical sampler has fewer, else ``floor``. An LLM trial whose reply left nothing
-   usable (``no_proposal``) counts as a reward of 0 for the LLM.
+   ``2 * min_evidence`` finished trials while the classical sampler has fewer, else
+   ``floor``. An LLM trial whose reply left nothing usable (``no_proposal``) counts as a reward
+   of 0 for the LLM.
 4. A uniform draw from the seed and ``i`` (a hash, no RNG state) below the share: the LLM.
 """
 
