@@ -165,8 +165,8 @@ def test_transport_faults(
         assert t1.user_attrs["hpo:tokens_in"] == 900
     # trial 2 asks again (after an auth error the LLM is not asked any more)
     assert len(llm.requests) == n_requests + (0 if case == "401_auth" else 1)
-    if case == "401_auth":
-        assert t2.user_attrs["hpo:fallback_reason"] == "llm_error:auth"
+    if case == "401_auth":  # a permanent error disables the LLM for the sweep
+        assert t2.user_attrs["hpo:fallback_reason"] == "llm_disabled:auth"
     else:
         assert t2.user_attrs["hpo:source"] == "llm"
     if case == "429_retry_after":  # the SDK waited as told by retry-after(-ms)

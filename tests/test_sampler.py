@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,17 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from hpo.agents import build_chain
+from _sampler_env import (  # noqa: F401 (the fixtures)
+    CANARY,
+    llm_env_fixture,
+    make_chain,
+    server_fixture,
+)
 from hpo.samplers import LLMSampler, redact, redact_obj
+from hpo.samplers._choice import draw
 from hpo.space import ParamSpec, check_value
-from hpo.testing import FakeLLMServer, FakeReply
+from hpo.testing import FakeLLMServer, FakeReply, random_proposer
 
-CANARY = "sk-canary-XYZ"
 REPO = Path(__file__).resolve().parents[1]
 
 SPACE = [
@@ -43,43 +48,7 @@ DISTS: dict[str, BaseDistribution] = {s.name: s.distribution for s in SPACE}
 GOOD = {"lr": 0.01, "layers": 4, "act": "gelu"}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(seed=0) as srv:
-        yield srv
 
-
-@pytest.fixture
-def llm_env(
-    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> FakeLLMServer:
-    """Only OPENAI_* credentials, pointing at the fake server; a clean cwd (no .env)."""
-    for name in (
-        "ANTHROPIC_API_KEY",
-        "DEEPSEEK_API_KEY",
-        "GEMINI_API_KEY",
-        "OPENROUTER_API_KEY",
-        "HPO_OPENAI_BASE_URL",
-        "HPO_CLAUDE_BASE_URL",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
-    monkeypatch.chdir(tmp_path)
-    server.reset()
-    return server
-
-
-def make_chain(**overrides: Any) -> Any:
-    cfg: dict[str, Any] = {
-        "provider": "openai",
-        "chain": "single",
-        "dump_prompts": False,
-        "max_retries": 0,
-        "timeout_s": 10,
-    }
-    cfg.update(overrides)
-    return build_chain(cfg)
 
 
 def new_study(sampler: LLMSampler, tmp_path: Path, name: str = "s") -> optuna.Study:
@@ -201,7 +170,10 @@ def test_baseline_clamps_defaults_and_samples_missing_ones(tmp_path: Path) -> No
 
 
 def test_batch_of_four_asks_costs_one_request(llm_env: FakeLLMServer, tmp_path: Path) -> None:
-    sampler = LLMSampler(chain=make_chain(), search_space=SPACE, baseline=False, batch_size=4)
+    sampler = LLMSampler(
+        chain=make_chain(), search_space=SPACE, baseline=False, batch_size=4,
+        adaptive_share=False,  # batching only: every trial is the LLM's
+    )
     study = new_study(sampler, tmp_path)
     trials = [study.ask(fixed_distributions=DISTS) for _ in range(4)]  # 4 parallel slots
     assert len(llm_env.requests) == 1
@@ -221,7 +193,10 @@ def test_batch_of_four_asks_costs_one_request(llm_env: FakeLLMServer, tmp_path: 
 
 
 def test_parallel_optimize_shares_batches(llm_env: FakeLLMServer, tmp_path: Path) -> None:
-    sampler = LLMSampler(chain=make_chain(), search_space=SPACE, baseline=False, batch_size=4)
+    sampler = LLMSampler(
+        chain=make_chain(), search_space=SPACE, baseline=False, batch_size=4,
+        adaptive_share=False,  # batching only: every trial is the LLM's
+    )
     study = new_study(sampler, tmp_path)
     seen_threads: set[int] = set()
 
@@ -351,13 +326,22 @@ def test_server_error_falls_back_with_reason(llm_env: FakeLLMServer, tmp_path: P
     assert study.user_attrs["hpo:fallback_total"] == 1
 
 
-def test_auth_error_disables_the_llm(llm_env: FakeLLMServer, tmp_path: Path) -> None:
+def test_auth_error_disables_the_llm_with_one_line_naming_the_fix(
+    llm_env: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     llm_env.script([FakeReply(status=401, error_message="bad key")])
     sampler = LLMSampler(chain=make_chain(), search_space=SPACE, baseline=False)
     study = new_study(sampler, tmp_path)
-    run(study, 3)
-    assert len(llm_env.requests) == 1
-    assert {t.user_attrs["hpo:fallback_reason"] for t in study.trials} == {"llm_error:auth"}
+    with caplog.at_level(logging.INFO, logger="hpo.samplers"):
+        run(study, 4)
+    assert len(llm_env.requests) == 1  # never asked again
+    reasons = [t.user_attrs["hpo:fallback_reason"] for t in study.trials]
+    assert reasons == ["llm_error:auth"] + ["llm_disabled:auth"] * 3
+    assert sampler.llm_disabled == "llm_disabled:auth"
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1
+    assert "disabled for this sweep" in said[0].getMessage()
+    assert "Fix: check the API key" in said[0].getMessage()
 
 
 def test_budget_spent_falls_back_with_one_warning(
@@ -424,17 +408,22 @@ def test_no_chain_and_share_use_the_fallback(
 
 
 def test_fallback_share_draw_is_seeded(llm_env: FakeLLMServer, tmp_path: Path) -> None:
-    def sources(name: str) -> list[str]:
+    """The share is drawn from the seed and the trial number only: reruns choose the same."""
+
+    def sources(name: str, adaptive: bool) -> list[str]:
+        llm_env.responder = random_proposer(1)
         s = LLMSampler(
-            chain=make_chain(), search_space=SPACE, baseline=False, fallback_share=0.5, seed=7
+            chain=make_chain(), search_space=SPACE, baseline=False, fallback_share=0.5, seed=7,
+            adaptive_share=adaptive,
         )
         study = new_study(s, tmp_path, name)
         run(study, 8)
         return [t.user_attrs["hpo:source"] for t in study.trials]
 
-    first = sources("a")
-    assert first == sources("b")
+    first = sources("a", adaptive=False)
+    assert first == ["fallback" if draw(7, i) >= 0.5 else "llm" for i in range(8)]
     assert {"fallback", "llm"} <= set(first)
+    assert sources("b", adaptive=True) == sources("c", adaptive=True)
 
 
 def test_define_by_run_learns_the_space(llm_env: FakeLLMServer) -> None:

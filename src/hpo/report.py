@@ -38,6 +38,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import ConfigError, HPOError, first_line
+from hpo.samplers import llm_share_summary
 from hpo.storage import load_existing_study, open_existing
 
 __all__ = [
@@ -732,6 +733,7 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
             sources[_source(t)] = sources.get(_source(t), 0) + 1
     if sources:
         summary.append(("sources", ", ".join(f"{k}: {v}" for k, v in sorted(sources.items()))))
+        summary.append(("proposals", llm_share_summary(study)))
     summary.append(("generated", datetime.now().strftime("%Y-%m-%d %H:%M:%S")))
 
     parts = [
@@ -823,6 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({n} plot{'s' * (n != 1)}, leaderboard {report.leaderboard})")
     for name, why in report.skipped.items():
         print(f"  {name}: skipped ({why})")
+    if any("hpo:source" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        print(f"proposals: {llm_share_summary(study)}")
     return 0
 
 

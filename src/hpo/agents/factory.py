@@ -22,6 +22,9 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     history: {best_k: 8, recent_k: 8}
     roles: {}               # per-role overrides: model, temperature, timeout_s, max_retries, ...
     fallback_share: 0.0     # read by the sampler; validated here
+    mode: propose           # the sampler's keys (mode, leader, llm_share, llm_floor,
+    leader: auto            # adaptive_share, startup_trials, stall_trials, rank_candidates):
+    llm_share: 0.25         # read and validated by hpo.samplers.sampler_from_agent_config
     budget: {max_tokens: null, max_usd: null}
     cache: false
     cache_dir: outputs/.llm_cache
@@ -96,6 +99,15 @@ _KNOWN_KEYS = (
     "history",
     "roles",
     "fallback_share",
+    # the sampler's own keys, read and validated by hpo.samplers.sampler_from_agent_config
+    "mode",
+    "leader",
+    "llm_share",
+    "llm_floor",
+    "adaptive_share",
+    "startup_trials",
+    "stall_trials",
+    "rank_candidates",
     "budget",
     "cache",
     "cache_dir",

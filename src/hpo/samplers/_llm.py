@@ -8,43 +8,50 @@ batch of proposals for as many parallel slots.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
-import re
+import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.llm.base import LLMError, LLMMalformedReply, Usage
-from hpo.secrets import redact, redact_obj
+from hpo.samplers._audit import write_call_dump
+from hpo.samplers._checker import (
+    Candidate,
+    apply_repair,
+    check_proposal,
+    clamp_rest,
+    key,
+    normalize,
+)
+from hpo.samplers._choice import Evidence, SharePolicy, gather_evidence
+from hpo.samplers._leader import LEADERS, CmaLeader, UnitScale, build_leader
+from hpo.samplers._state import describe_state
+from hpo.secrets import redact
 from hpo.space import ParamSpec, check_value, clamp_value
 
 if TYPE_CHECKING:
-    from hpo.agents.chain import AgentChain, ChainResult, StudyView
+    from hpo.agents.chain import AgentChain, ChainResult, StudyView, TrialBudget
 
-__all__ = ["LLMSampler"]
+__all__ = ["MODES", "LLMSampler"]
 
 _logger = logging.getLogger(__name__)
 
 # Trial user attributes (provenance).
 SOURCE = "hpo:source"
 FALLBACK_REASON = "hpo:fallback_reason"
+SOURCE_CHOICE = "hpo:source_choice"
 RATIONALE = "hpo:rationale"
 PARAM_SOURCES = "hpo:param_sources"
 TOKENS_IN = "hpo:tokens_in"
@@ -54,32 +61,33 @@ LATENCY_S = "hpo:latency_s"
 LLM_CALL = "hpo:llm_call"
 BATCH = "hpo:batch"
 STEP = "hpo:step"
+CANDIDATE = "hpo:candidate"
 DROPPED_PARAMS = "hpo:dropped_params"
 DROPPED_PROPOSALS = "hpo:dropped_proposals"
-# Study user attributes (running totals and the planner's stop).
+RETRIED = "hpo:retried"  # set by the sweeper: a failed trial re-run as another, not in budget
+# Study user attributes (running totals, the planner's stop, the hybrid leader).
 STOP = "hpo:stop"
+LEADER = "hpo:leader"
 TOKENS_IN_TOTAL = "hpo:tokens_in_total"
 TOKENS_OUT_TOTAL = "hpo:tokens_out_total"
 COST_USD_TOTAL = "hpo:cost_usd_total"
 LLM_CALLS_TOTAL = "hpo:llm_calls_total"
 FALLBACK_TOTAL = "hpo:fallback_total"
 
+MODES = ("propose", "hybrid")
 # How far a value departs from the LLM's proposal, in increasing order.
-_LLM_SOURCES = ("llm", "repaired", "clamped")
+LLM_SOURCES = ("llm", "repaired", "clamped")
+CLASSICAL_SOURCES = ("fallback", "leader", "baseline")
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _RATIONALE_MAX_CHARS = 600
-
-
-@dataclass
-class _Candidate:
-    """One proposal on its way through the checker."""
-
-    index: int  # 1-based position in the chain's reply, as the repair prompt names it
-    raw: dict[str, Any]
-    rationale: str
-    values: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
-    unknown: list[str] = field(default_factory=list)
+_HYBRID_STARTUP = 5
+# One line naming the fix, per permanent error kind, when the client gave none.
+_FIXES = {
+    "auth": "check the API key (the provider's *_API_KEY variable or agent.api_key_env)",
+    "model_not_found": "set agent.model to a model the server serves",
+    "bad_request": "the server rejects hpo's request: try agent.structured_output=none or "
+    "another agent.model",
+}
 
 
 @dataclass
@@ -97,6 +105,7 @@ class _Queued:
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
     dropped_proposals: list[str] = field(default_factory=list)
+    candidate: int | None = None
 
 
 @dataclass
@@ -121,6 +130,17 @@ class _Spent:
 class LLMSampler(BaseSampler):
     """Samples trials from proposals of an LLM agent chain, checked against the search space.
 
+    Two modes. ``propose`` (the default): the LLM proposes, the classical ``fallback`` sampler
+    fills gaps (startup, failures, its share). ``hybrid``: a classical optimizer, the
+    *leader* (CMA-ES rebuilt from every finished trial, TPE or GP), runs the study; a share of
+    the trials (``llm_share``) and the trials after a stall come from the LLM, whose prompt
+    carries the leader's state (``StudyView.optimizer_state``).
+
+    In both modes the share of trials given to the LLM adapts to how its trials do against
+    the classical ones (a bandit with a floor, see :mod:`hpo.samplers._choice`), decided from
+    storage only and deterministically from the seed and the trial number; each trial records
+    the decision in ``hpo:source_choice`` (``to``, ``p_llm``, ``draw``, ``reason``, ``why``).
+
     Per trial the sampler picks one path and records it in the trial user attr ``hpo:source``:
 
     - ``baseline``: the study's first trial takes each :class:`~hpo.space.ParamSpec` default
@@ -133,50 +153,80 @@ class LLMSampler(BaseSampler):
       its source (``fallback`` included). Proposals equal to an existing trial (any state,
       RUNNING included) or to another queued proposal are dropped and listed in
       ``hpo:dropped_proposals`` of the trial that made the call.
-    - ``fallback``: the whole trial from the fallback sampler, with ``hpo:fallback_reason``:
-      ``startup`` (define-by-run, nothing finished yet), ``no_llm``, ``llm_error:<kind>``
-      (the :class:`~hpo.llm.base.LLMError` kind; ``internal`` for any other exception of the
-      chain; after ``auth`` the LLM is not asked again), ``budget`` (this sampler's or the
-      chain's own budget), ``share``, ``stop`` or ``no_proposal`` (the chain's reply left
-      nothing usable).
+    - ``leader`` (hybrid): the leader's own trial.
+    - ``fallback``: the whole trial from the classical sampler, with ``hpo:fallback_reason``:
+      ``startup`` (``startup_trials``, or define-by-run with nothing finished yet),
+      ``share`` / ``bandit`` (the source choice), ``no_llm``, ``llm_error:<kind>`` (the
+      :class:`~hpo.llm.base.LLMError` kind; ``internal`` for any other exception of the
+      chain), ``llm_disabled:<kind>`` (a permanent error such as ``auth`` or
+      ``model_not_found`` disabled the LLM for the sweep: no more calls), ``budget`` (this
+      sampler's or the chain's own budget), ``stop`` or ``no_proposal`` (the chain's reply
+      left nothing usable).
 
-    Batching: when the queue is empty one ``chain.propose`` asks for ``batch_size``
-    proposals; the next asks pop them, so k parallel slots cost about one call per k trials.
-    The trials of a batch share ``hpo:llm_call`` (the number of the call that produced the
-    proposals, as in the dump file names) and ``hpo:batch`` (``"i/n"``). The call's whole
-    usage (``hpo:tokens_in``, ``hpo:tokens_out``, ``hpo:cost_usd``) and wall time
-    (``hpo:latency_s``) are attributed to the FIRST trial of the batch; the others record
-    zeros, so the per-trial figures add up to the study totals.
+    Slots, batches and proposals: the caller runs ``n_jobs`` trials in parallel and passes
+    ``batch_size=n_jobs`` (the sweeper does so at construction). When an LLM trial finds the
+    queue empty, ONE chain call asks for ``n_proposals`` proposals: of the next
+    ``min(batch_size, trials left)`` trials, those the source choice gives to the LLM (at
+    least this one), so k parallel slots cost about one call per k LLM trials and the last
+    trial asks for one. :meth:`prefetch` makes that call before the trials exist, so the LLM
+    wait is not counted in any trial's duration. The trials of a batch share ``hpo:llm_call``
+    (the number of the call that produced the proposals, as in the dump file names) and
+    ``hpo:batch`` (``"i/n"``). The call's whole usage (``hpo:tokens_in``,
+    ``hpo:tokens_out``, ``hpo:cost_usd``) and wall time (``hpo:latency_s``) are attributed to
+    the FIRST trial of the batch; the others record zeros, so the per-trial figures add up to
+    the study totals.
+
+    The prompt's view of the study carries the trial budget (``n_trials``: finished, running,
+    left), the fidelity (what one trial costs, plus the median duration of the complete
+    trials) and the task context.
 
     Study user attrs keep running totals (read back from storage, so a resumed study keeps
     counting against ``max_tokens`` / ``max_usd``): ``hpo:tokens_in_total``,
     ``hpo:tokens_out_total``, ``hpo:cost_usd_total``, ``hpo:llm_calls_total`` (LLM requests),
-    ``hpo:fallback_total`` (whole-fallback trials), and ``hpo:stop`` once the planner asks to
-    stop (then :attr:`stop_requested` is True for this sampler; a resumed study is not stopped
-    again by the old attr). The rationale is also saved as the trial's optuna-dashboard note,
-    and the chain's latest diagnosis as the study note.
+    ``hpo:fallback_total`` (whole-fallback trials), ``hpo:leader`` (hybrid), and ``hpo:stop``
+    once the planner asks to stop (then :attr:`stop_requested` is True for this sampler; a
+    resumed study is not stopped again by the old attr). The rationale is also saved as the
+    trial's optuna-dashboard note, and the chain's latest diagnosis as the study note.
 
     Nothing the LLM returns is executed; LLM failures never raise out of the sampler.
 
     Args:
-        chain: The agent chain; None runs every trial from the fallback (with one warning).
+        chain: The agent chain; None runs every trial from the classical sampler.
         search_space: The search space with defaults and descriptions. Without it
             (define-by-run) the relative search space is the intersection of the finished
             trials' distributions, empty until a trial finished.
         fallback: The classical sampler for startup, failures and left-out parameters;
-            ``TPESampler(seed=seed)`` by default.
+            ``TPESampler(seed=seed)`` by default. In hybrid mode: the leader's sampler of the
+            categorical and conditional parameters (and the leader itself for ``tpe``).
         baseline: Whether the first trial takes the configured defaults.
-        fallback_share: Probability in [0, 1] that a trial comes from the fallback anyway.
-        batch_size: Proposals asked per chain call (>= 1); the sweeper sets it to its free
-            slots with :meth:`set_batch_size`.
-        seed: Seed of the sampler's RNG and of the default fallback.
+        fallback_share: Propose mode: the share of trials left to the fallback anyway, in
+            [0, 1] (the LLM's share asked for is ``1 - fallback_share``).
+        batch_size: Proposals asked per chain call at most (>= 1): the caller's parallel
+            slots.
+        seed: Seed of the source choice, of the leader and of the default fallback.
         max_tokens: Budget of LLM tokens (input + output) for the study; then fallback.
         max_usd: Budget of LLM cost in US dollars for the study; then fallback.
-        dump_dir: Folder for an audit copy of every LLM call (``call-0001-proposer.json``),
-            secrets redacted. Use one folder per study.
+        dump_dir: Folder for an audit copy of every LLM call (``call-0001-proposer.json``):
+            the exact request and reply, secrets redacted. Use one folder per study.
         objective_names: Names of the objectives for the prompts; default: the study's
             metric names, else ``value``.
         context: Extra text for the prompts (task description, hardware, ...).
+        mode: ``propose`` or ``hybrid``.
+        n_trials: The study's trial budget (None: open-ended); shown to the LLM and caps
+            the proposals per call.
+        fidelity: What one trial costs, e.g. "up to 20 epochs per trial".
+        leader: Hybrid: ``auto`` (CMA-ES when numeric parameters dominate, else TPE),
+            ``cmaes``, ``tpe`` or ``gp``.
+        llm_share: Hybrid: the share of trials asked of the LLM, in [0, 1].
+        llm_floor: The lowest share the bandit may cut the LLM to, in [0, 1].
+        adaptive_share: Whether the bandit adapts the LLM's share (damage control).
+        startup_trials: Trials (by number, the baseline included) that come from the
+            classical sampler before the first LLM call; None: 1 with a baseline else 0 in
+            propose mode, 5 in hybrid mode.
+        stall_trials: Hybrid: finished trials without improvement after which the LLM gets
+            the next ``stall_trials`` trials (0: off).
+        rank_candidates: Hybrid with CMA-ES: show the LLM this many of the leader's draws and
+            snap its proposals to the nearest one (0: off).
 
     Raises:
         ValueError: On an invalid argument or combination.
@@ -197,24 +247,23 @@ class LLMSampler(BaseSampler):
         dump_dir: str | Path | None = None,
         objective_names: Sequence[str] | None = None,
         context: Mapping[str, str] | None = None,
+        mode: Literal["propose", "hybrid"] = "propose",
+        n_trials: int | None = None,
+        fidelity: str | None = None,
+        leader: str = "auto",
+        llm_share: float = 0.25,
+        llm_floor: float = 0.05,
+        adaptive_share: bool = True,
+        startup_trials: int | None = None,
+        stall_trials: int = 10,
+        rank_candidates: int = 0,
     ) -> None:
-        if isinstance(fallback_share, bool) or not isinstance(fallback_share, int | float):
-            raise ValueError(
-                f"fallback_share={fallback_share!r} is not a number: pass a float in [0, 1]."
-            )
-        if not 0.0 <= fallback_share <= 1.0:
-            raise ValueError(
-                f"fallback_share={fallback_share!r} is outside [0, 1]: pass a probability, "
-                "e.g. 0.2 for one trial in five from the fallback sampler."
-            )
+        _check_unit("fallback_share", fallback_share, "e.g. 0.2 for one trial in five from "
+                    "the fallback sampler")
+        _check_unit("llm_share", llm_share, "e.g. 0.25 for one trial in four from the LLM")
+        _check_unit("llm_floor", llm_floor, "e.g. 0.05 so the LLM is still tried")
         _check_batch_size(batch_size)
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0
-        ):
-            raise ValueError(
-                f"max_tokens={max_tokens!r} is not a positive integer: pass e.g. 200000, "
-                "or None for no token budget."
-            )
+        _check_count("max_tokens", max_tokens, 1, "e.g. 200000, or None for no token budget")
         if max_usd is not None and (
             isinstance(max_usd, bool) or not isinstance(max_usd, int | float) or max_usd <= 0
         ):
@@ -222,6 +271,24 @@ class LLMSampler(BaseSampler):
                 f"max_usd={max_usd!r} is not a positive number: pass e.g. 5.0, "
                 "or None for no cost budget."
             )
+        _check_count("n_trials", n_trials, 1, "the study's trial budget, or None")
+        _check_count("startup_trials", startup_trials, 0, "e.g. 5, or None for the default")
+        _check_count("stall_trials", stall_trials, 0, "e.g. 10, or 0 for no stall rule")
+        _check_count("rank_candidates", rank_candidates, 0, "e.g. 4, or 0 for off")
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is unknown: pass one of {', '.join(MODES)}.")
+        if mode == "hybrid" and fallback_share:
+            raise ValueError(
+                f"fallback_share={fallback_share!r} applies to mode='propose': in hybrid mode "
+                "set llm_share (the LLM's share) instead."
+            )
+        if rank_candidates and mode != "hybrid":
+            raise ValueError(
+                f"rank_candidates={rank_candidates!r} needs mode='hybrid' (the LLM ranks the "
+                "leader's draws): set mode='hybrid' or rank_candidates=0."
+            )
+        if str(leader).strip().lower() not in LEADERS:
+            raise ValueError(f"leader={leader!r} is unknown: pass one of {', '.join(LEADERS)}.")
         if fallback is not None and not isinstance(fallback, BaseSampler):
             raise ValueError(
                 f"fallback={fallback!r} is not an Optuna sampler: pass e.g. "
@@ -245,21 +312,48 @@ class LLMSampler(BaseSampler):
             raise ValueError(
                 "context must map strings to strings: convert its values with str() first."
             )
+        if fidelity is not None and not isinstance(fidelity, str):
+            raise ValueError(f"fidelity={fidelity!r} is not text: pass e.g. "
+                             '"up to 20 epochs per trial", or None.')
 
         self._chain = chain
         self._specs: dict[str, ParamSpec] | None = None
         if search_space is not None:
             self._specs = _spec_dict(search_space)
-        self._fallback = fallback if fallback is not None else TPESampler(seed=seed)
+        self._mode = mode
+        self._leader_name: str | None = None
+        classical = fallback if fallback is not None else TPESampler(seed=seed)
+        if mode == "hybrid":
+            self._leader_name, classical = build_leader(
+                leader, search_space=search_space, seed=seed, fallback=classical
+            )
+            if rank_candidates and not isinstance(classical, CmaLeader):
+                raise ValueError(
+                    f"rank_candidates={rank_candidates!r} needs the CMA-ES leader, not "
+                    f"{self._leader_name}: set leader='cmaes' or rank_candidates=0."
+                )
+        self._fallback = classical
         self._baseline = bool(baseline)
         self._fallback_share = float(fallback_share)
         self._batch_size = batch_size
-        self._rng = random.Random(seed)
         self._max_tokens = max_tokens
         self._max_usd = None if max_usd is None else float(max_usd)
         self._dump_dir = Path(dump_dir) if dump_dir is not None else None
         self._objective_names = list(objective_names) if objective_names is not None else None
         self._context = dict(context) if context is not None else {}
+        self._n_trials = n_trials
+        self._fidelity = fidelity
+        self._rank_candidates = int(rank_candidates)
+        if startup_trials is None:
+            startup_trials = _HYBRID_STARTUP if mode == "hybrid" else int(self._baseline)
+        self._policy = SharePolicy(
+            base=float(llm_share) if mode == "hybrid" else 1.0 - self._fallback_share,
+            floor=float(llm_floor),
+            adaptive=bool(adaptive_share),
+            startup_trials=startup_trials,
+            stall_trials=stall_trials if mode == "hybrid" else 0,
+            salt=seed if seed is not None else random.SystemRandom().randrange(2**31),
+        )
 
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -267,8 +361,10 @@ class LLMSampler(BaseSampler):
         self._key_names: list[str] = []
         self._trial_keys: dict[int, tuple[Any, ...]] = {}
         self._intersections: dict[tuple[int, int], IntersectionSearchSpace] = {}
+        self._failed_for: dict[int, str] = {}  # prefetch failed: trial number -> reason
         self._stop_reason: str | None = None
         self._disabled_reason: str | None = None
+        self._leader_noted = False
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ public API
@@ -290,13 +386,29 @@ class LLMSampler(BaseSampler):
 
     @property
     def batch_size(self) -> int:
-        """How many proposals one chain call asks for."""
+        """The most proposals one chain call asks for (the caller's parallel slots)."""
         return self._batch_size
 
     @property
     def fallback(self) -> BaseSampler:
-        """The classical sampler used for startup, failures and left-out parameters."""
+        """The classical sampler: the fallback in propose mode, the leader in hybrid mode."""
         return self._fallback
+
+    @property
+    def mode(self) -> str:
+        """``propose`` or ``hybrid``."""
+        return self._mode
+
+    @property
+    def leader(self) -> str | None:
+        """Hybrid mode: the leader's name (``cmaes``, ``tpe``, ``gp``); else None."""
+        return self._leader_name
+
+    @property
+    def llm_disabled(self) -> str | None:
+        """Why the LLM is no longer asked in this sweep (``llm_disabled:<kind>``, ``budget``),
+        or None."""
+        return self._disabled_reason
 
     def set_search_space(self, specs: Sequence[ParamSpec] | None) -> None:
         """Replace the search space (None: define-by-run); queued proposals are discarded.
@@ -308,9 +420,14 @@ class LLMSampler(BaseSampler):
         with self._lock:
             self._specs = new
             self._queue.clear()
+            if isinstance(self._fallback, CmaLeader):
+                self._fallback.set_search_space(specs)
 
     def set_batch_size(self, k: int) -> None:
-        """Ask the chain for ``k`` proposals per call from now on (one per free slot).
+        """Ask the chain for at most ``k`` proposals per call from now on.
+
+        The sweeper passes ``batch_size=n_jobs`` at construction and does not call this; it is
+        for callers whose number of parallel slots changes during a study.
 
         Raises:
             ValueError: When ``k`` is not an integer >= 1.
@@ -320,10 +437,60 @@ class LLMSampler(BaseSampler):
             self._batch_size = k
 
     def reseed_rng(self) -> None:
-        """Reseed this sampler's RNG and the fallback sampler's."""
+        """Reseed the classical sampler's RNG.
+
+        The choice between the LLM and the classical sampler depends only on the seed and the
+        trial number (no RNG state), so it is not reseeded: reruns choose the same.
+        """
         with self._lock:
-            self._rng = random.Random()
             self._fallback.reseed_rng()
+
+    def prefetch(self, study: optuna.Study, n: int) -> int:
+        """Make the LLM call for the next ``n`` trials now, before they exist.
+
+        A caller that fills slots calls this before ``study.ask()``: the LLM's wait is then
+        recorded as ``hpo:latency_s`` of the first trial of the batch and not counted in any
+        trial's duration; the asks pop the queued proposals. Of the next ``n`` trial numbers
+        (capped by the trials left), those the source choice gives to the LLM are asked for,
+        less the proposals already queued. Calls that fail are recorded on the trials they were
+        for (their fallback reason), which do not call again. Thread-safe; without prefetch
+        every LLM trial with an empty queue makes the call itself.
+
+        Args:
+            study: The study the next trials belong to.
+            n: How many trials the caller is about to ask (its free slots).
+
+        Returns:
+            How many proposals are queued now.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            return len(self._queue)
+        with self._lock:
+            if self._chain is None or self._stop_reason or self._disabled_reason:
+                return len(self._queue)
+            trials = study.get_trials(deepcopy=False)
+            space = self._space(study)
+            if not space:
+                return len(self._queue)
+            budget = self._trial_budget(trials)
+            if budget is not None:
+                n = min(n, budget.left)
+            start = len(trials)
+            self._failed_for = {i: r for i, r in self._failed_for.items() if i >= start}
+            numbers = [
+                i for i in range(start, start + n)
+                if not (self._baseline and i == 0) and i not in self._failed_for
+            ]
+            evidence = self._evidence(study, trials)
+            llm = [i for i in numbers if self._policy.decide(i, evidence).to == "llm"]
+            want = len(llm) - len(self._queue)
+            if want <= 0 or self._budget_reason(study) is not None:
+                return len(self._queue)
+            reason = self._refill(study, space, trials, want, label="prefetched")
+            if reason is not None:
+                for i in llm:
+                    self._failed_for[i] = reason
+            return len(self._queue)
 
     # ------------------------------------------------------------------ BaseSampler
 
@@ -331,14 +498,7 @@ class LLMSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         """The configured space, or the intersection of the finished trials' spaces."""
-        if self._specs is not None:
-            return {name: spec.distribution for name, spec in self._specs.items()}
-        with self._lock:
-            key = (id(study._storage), study._study_id)
-            if key not in self._intersections:
-                self._intersections[key] = IntersectionSearchSpace()
-            space = self._intersections[key].calculate(study)
-        return {name: dist for name, dist in space.items() if not dist.single()}
+        return self._space(study)
 
     def sample_relative(
         self,
@@ -346,7 +506,7 @@ class LLMSampler(BaseSampler):
         trial: FrozenTrial,
         search_space: dict[str, BaseDistribution],
     ) -> dict[str, Any]:
-        """Values for ``search_space``: baseline, an LLM proposal, or the fallback's."""
+        """Values for ``search_space``: baseline, an LLM proposal, or the classical sampler's."""
         if not search_space:  # define-by-run before any trial finished
             with self._lock:
                 self._set_trial_attrs(
@@ -355,13 +515,34 @@ class LLMSampler(BaseSampler):
                 self._add_totals(study, {FALLBACK_TOTAL: 1})
             return {}
         with self._lock:
+            if self._leader_name is not None and not self._leader_noted:
+                study.set_user_attr(LEADER, self._leader_name)
+                self._leader_noted = True
             if self._baseline and trial.number == 0:
                 params = self._baseline_params(study, trial, search_space)
                 if params is not None:
                     return params
-            reason = self._pre_call_reason()
+            if self._stop_reason is not None:
+                return self._fallback_trial(study, trial, search_space, "stop")
+            if self._chain is None:
+                self._say_no_llm()
+                return self._fallback_trial(study, trial, search_space, "no_llm")
+            trials = study.get_trials(deepcopy=False)
+            evidence = self._evidence(study, trials)
+            choice = self._policy.decide(trial.number, evidence)
+            self._set_trial_attrs(study, trial, {SOURCE_CHOICE: choice.as_attr()})
+            if choice.to == "classical":
+                if self._mode == "hybrid":
+                    return self._classical_trial(study, trial, search_space, {SOURCE: "leader"})
+                return self._fallback_trial(study, trial, search_space, choice.reason)
+            reason = self._failed_for.pop(trial.number, None) if not self._queue else None
+            if reason is None and self._disabled_reason is not None and not self._queue:
+                reason = self._disabled_reason
             if reason is None and not self._queue:
-                reason = self._budget_reason(study) or self._refill(study, trial, search_space)
+                reason = self._budget_reason(study) or self._refill(
+                    study, search_space, trials, self._wanted(trials, trial.number, evidence),
+                    label=trial.number,
+                )
             if reason is None and not self._queue:
                 reason = "no_proposal"
             if reason is not None:
@@ -375,11 +556,11 @@ class LLMSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        """Delegates to the fallback sampler (parameters outside the relative space)."""
+        """Delegates to the classical sampler (parameters outside the relative space)."""
         return self._fallback.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Forwards to the fallback sampler."""
+        """Forwards to the classical sampler."""
         if getattr(self._local, "in_note", False):
             return  # a Trial handle made only to save a dashboard note
         self._fallback.before_trial(study, trial)
@@ -391,30 +572,70 @@ class LLMSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        """Forwards to the fallback sampler."""
+        """Forwards to the classical sampler."""
         self._fallback.after_trial(study, trial, state, values)
 
-    # ------------------------------------------------------------------ paths of a trial
+    # ------------------------------------------------------------------ decisions
 
-    def _pre_call_reason(self) -> str | None:
-        """Why this trial skips the LLM before looking at the queue, or None."""
-        if self._stop_reason is not None:
-            return "stop"
-        if self._chain is None:
-            if self._first("no_llm"):
-                # info, not a warning: build_chain already warned loudly (once) when
-                # credentials are missing, and agent=none is the user's own choice
-                _logger.info(
-                    "LLMSampler has no agent chain: every trial comes from the fallback "
-                    "sampler %s.",
-                    type(self._fallback).__name__,
-                )
-            return "no_llm"
-        if self._fallback_share > 0.0 and self._rng.random() < self._fallback_share:
-            return "share"
-        if self._disabled_reason is not None and not self._queue:
-            return self._disabled_reason
-        return None
+    def _space(self, study: optuna.Study) -> dict[str, BaseDistribution]:
+        if self._specs is not None:
+            return {name: spec.distribution for name, spec in self._specs.items()}
+        with self._lock:
+            k = (id(study._storage), study._study_id)
+            if k not in self._intersections:
+                self._intersections[k] = IntersectionSearchSpace()
+            space = self._intersections[k].calculate(study)
+        return {name: dist for name, dist in space.items() if not dist.single()}
+
+    def _evidence(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> Evidence:
+        directions = [d.name.lower() for d in study.directions]
+        return gather_evidence(trials, directions, source_kind, window=self._policy.window)
+
+    def _wanted(self, trials: Sequence[FrozenTrial], number: int, evidence: Evidence) -> int:
+        """Proposals for this call: of the next ``min(batch_size, left)`` trials from this one,
+        those the source choice gives to the LLM (this one included)."""
+        budget = self._trial_budget(trials)
+        window = self._batch_size if budget is None else min(self._batch_size, budget.left)
+        if window <= 1:
+            return 1
+        return 1 + sum(
+            1 for i in range(number + 1, number + window)
+            if self._policy.decide(i, evidence).to == "llm"
+        )
+
+    def _trial_budget(self, trials: Sequence[FrozenTrial]) -> TrialBudget | None:
+        """Where the study stands against ``n_trials`` (None: no budget).
+
+        Finished: complete, pruned or failed trials, except failures re-run as another trial
+        (``hpo:retried``). Running: trials in flight that already have their parameters; those
+        still waiting for them (the one being proposed among them) count as left.
+        """
+        if self._n_trials is None:
+            return None
+        from hpo.agents.chain import TrialBudget
+
+        finished = running = 0
+        for t in trials:
+            if t.state in _FINISHED:
+                finished += not t.user_attrs.get(RETRIED, False)
+            elif t.state == TrialState.RUNNING and (t.params or SOURCE in t.user_attrs):
+                running += 1
+        left = max(0, self._n_trials - finished - running)
+        return TrialBudget(
+            n_trials=self._n_trials, finished=finished, running=running, left=left
+        )
+
+    def _fidelity_text(self, trials: Sequence[FrozenTrial]) -> str | None:
+        """The configured fidelity plus the median duration of the complete trials."""
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in trials
+            if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete
+        ]
+        parts = [self._fidelity] if self._fidelity else []
+        if durations:
+            parts.append(f"median trial {_duration(statistics.median(durations))}")
+        return "; ".join(parts) or None
 
     def _budget_reason(self, study: optuna.Study) -> str | None:
         if self._max_tokens is None and self._max_usd is None:
@@ -431,11 +652,23 @@ class LLMSampler(BaseSampler):
             return None
         self._warn_once(
             "budget",
-            "LLM budget spent (%s): the remaining trials come from the fallback sampler %s.",
+            "LLM budget spent (%s): the remaining trials come from the classical sampler %s.",
             spent,
             type(self._fallback).__name__,
         )
         return "budget"
+
+    def _say_no_llm(self) -> None:
+        if self._first("no_llm"):
+            # info, not a warning: build_chain already warned loudly (once) when credentials
+            # are missing, and agent=none is the user's own choice
+            _logger.info(
+                "LLMSampler has no agent chain: every trial comes from the classical sampler "
+                "%s.",
+                type(self._fallback).__name__,
+            )
+
+    # ------------------------------------------------------------------ paths of a trial
 
     def _baseline_params(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -448,7 +681,7 @@ class LLMSampler(BaseSampler):
                 sources[name] = "fallback"
                 continue
             if check_value(dist, spec.default) is None:
-                values[name] = _normalize(dist, spec.default)
+                values[name] = normalize(dist, spec.default)
                 sources[name] = "baseline"
                 continue
             clamped = clamp_value(dist, spec.default)
@@ -460,7 +693,7 @@ class LLMSampler(BaseSampler):
                     dist,
                     clamped,
                 )
-                values[name] = _normalize(dist, clamped)
+                values[name] = normalize(dist, clamped)
                 sources[name] = "clamped"
             else:
                 _logger.warning(
@@ -489,9 +722,20 @@ class LLMSampler(BaseSampler):
         search_space: dict[str, BaseDistribution],
         reason: str,
     ) -> dict[str, Any]:
-        self._set_trial_attrs(study, trial, {SOURCE: "fallback", FALLBACK_REASON: reason})
         self._add_totals(study, {FALLBACK_TOTAL: 1})
-        # What the fallback samples relatively, it samples so; the rest independently.
+        return self._classical_trial(
+            study, trial, search_space, {SOURCE: "fallback", FALLBACK_REASON: reason}
+        )
+
+    def _classical_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        search_space: dict[str, BaseDistribution],
+        attrs: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        self._set_trial_attrs(study, trial, attrs)
+        # What the classical sampler samples relatively, it samples so; the rest independently.
         fb_space = {
             name: dist
             for name, dist in self._fallback.infer_relative_search_space(study, trial).items()
@@ -528,14 +772,14 @@ class LLMSampler(BaseSampler):
         for name, dist in search_space.items():
             value = item.values.get(name)
             if name in item.values and check_value(dist, value) is None:
-                values[name] = _normalize(dist, value)
+                values[name] = normalize(dist, value)
                 sources[name] = item.sources.get(name, "llm")
             else:
                 sources[name] = "fallback"
         if not values:
             return self._fallback_trial(study, trial, search_space, "no_proposal")
-        used = {s for s in sources.values() if s in _LLM_SOURCES}
-        source = max(used, key=_LLM_SOURCES.index)
+        used = {s for s in sources.values() if s in LLM_SOURCES}
+        source = max(used, key=LLM_SOURCES.index)
         attrs: dict[str, Any] = {
             SOURCE: source,
             LLM_CALL: item.call_id,
@@ -549,6 +793,8 @@ class LLMSampler(BaseSampler):
             attrs[RATIONALE] = item.rationale
         if item.step is not None:
             attrs[STEP] = item.step
+        if item.candidate is not None:
+            attrs[CANDIDATE] = item.candidate
         if len(set(sources.values())) > 1:
             attrs[PARAM_SOURCES] = sources
         if item.dropped_params:
@@ -565,15 +811,29 @@ class LLMSampler(BaseSampler):
     # ------------------------------------------------------------------ the chain call
 
     def _refill(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+        self,
+        study: optuna.Study,
+        search_space: dict[str, BaseDistribution],
+        trials: Sequence[FrozenTrial],
+        wanted: int,
+        *,
+        label: int | str,
     ) -> str | None:
-        """One chain call (plus at most one repair) that refills the queue.
+        """One chain call (plus at most one repair) that queues up to ``wanted`` proposals.
+
+        Args:
+            label: The trial that will receive the batch's first proposal, or
+                ``"prefetched"``; named in the audit dumps.
 
         Returns:
             A fallback reason when the call failed or asked to stop, else None.
         """
         assert self._chain is not None
-        view = self._build_view(study, search_space)
+        cands: list[dict[str, Any]] = []
+        if self._rank_candidates and isinstance(self._fallback, CmaLeader):
+            number = label if isinstance(label, int) else len(trials)
+            cands = self._fallback.candidates(study, search_space, self._rank_candidates, number)
+        view = self._build_view(study, search_space, trials, max(1, wanted), cands)
         spent = _Spent()
         t0 = time.perf_counter()
         try:
@@ -581,7 +841,7 @@ class LLMSampler(BaseSampler):
         except Exception as exc:  # an LLM failure must never end the study
             spent.add_failure(exc)
             if spent.calls or spent.usage != Usage():
-                self._account(study, trial, spent)
+                self._account(study, label, spent)
             return self._chain_failed(exc, "propose")
         spent.add(result)
         if result.diagnosis:
@@ -591,12 +851,12 @@ class LLMSampler(BaseSampler):
             self._stop_reason = result.stop_reason or "the planner asked to stop"
             study.set_user_attr(STOP, redact(self._stop_reason))
             _logger.warning("The planner asked to stop the study: %s", self._stop_reason)
-            self._account(study, trial, spent)
+            self._account(study, label, spent)
             self._queue.clear()
             return "stop"
 
         candidates = [
-            _check_proposal(i + 1, dict(p.params), p.rationale, search_space)
+            check_proposal(i + 1, dict(p.params), p.rationale, search_space)
             for i, p in enumerate(result.proposals)
         ]
         errors = [
@@ -621,21 +881,22 @@ class LLMSampler(BaseSampler):
                 spent.add(repaired)
                 if repaired.diagnosis and repaired.diagnosis != result.diagnosis:
                     self._save_study_note(study, repaired.diagnosis)
-                _apply_repair(
+                apply_repair(
                     candidates, [dict(p.params) for p in repaired.proposals], search_space
                 )
             for c in candidates:
-                _clamp_rest(c, search_space)
+                clamp_rest(c, search_space)
         latency = time.perf_counter() - t0
-        call_id = self._account(study, trial, spent)
+        call_id = self._account(study, label, spent)
+        picked = _snap_to_candidates(candidates, cands, search_space) if cands else {}
 
         kept, dropped = self._deduplicate(study, candidates, search_space)
-        if len(kept) > self._batch_size:
+        n_max = view.n_proposals
+        if len(kept) > n_max:
             # a reply with more proposals than asked for: they would be used long after the
             # history they were made from; keep the batch, the rest are dropped (recorded)
-            dropped += [f"proposal {c.index}: beyond n_proposals={self._batch_size}"
-                        for c in kept[self._batch_size:]]
-            kept = kept[: self._batch_size]
+            dropped += [f"proposal {c.index}: beyond n_proposals={n_max}" for c in kept[n_max:]]
+            kept = kept[:n_max]
         for note in dropped:
             _logger.info("Dropped %s", note)
         n = len(kept)
@@ -652,6 +913,7 @@ class LLMSampler(BaseSampler):
                     usage=spent.usage if j == 0 else Usage(),
                     latency_s=latency if j == 0 else 0.0,
                     dropped_proposals=dropped if j == 0 else [],
+                    candidate=picked.get(c.index),
                 )
             )
         if not kept:
@@ -663,29 +925,51 @@ class LLMSampler(BaseSampler):
         return None
 
     def _chain_failed(self, exc: Exception, what: str, *, fatal: bool = True) -> str:
-        """Log a failed chain call; returns the fallback reason."""
+        """Log a failed chain call; returns the fallback reason.
+
+        A permanent error (``exc.permanent``: bad key, unknown model, a rejected request)
+        disables the LLM for the sweep with ONE warning naming the fix; a transient one is
+        logged as a warning once per kind, then at INFO, and the next trial asks again.
+        """
         if not isinstance(exc, LLMError):
             _logger.exception("The LLM chain's %s raised unexpectedly; using the fallback.", what)
             return "llm_error:internal"
         kind = exc.kind
         message = redact(f"{type(exc).__name__}: {exc}")
-        level = logging.WARNING if self._first(f"err:{kind}") else logging.INFO
-        then = (
-            "this trial comes from the fallback sampler"
-            if fatal
-            else "invalid values are clamped or sampled by the fallback"
-        )
-        _logger.log(level, "The LLM chain's %s failed (%s): %s.", what, message, then)
-        if kind == "auth":
-            # Retrying with the same credentials cannot succeed: stop asking.
-            self._disabled_reason = "llm_error:auth"
         if kind == "budget":  # the chain's own budget (agent.budget) is spent
+            self._warn_once("budget", "The agent's budget is spent (%s): the remaining trials "
+                            "come from the classical sampler.", message)
             self._disabled_reason = "budget"
             return "budget"
+        if getattr(exc, "permanent", False):
+            if self._disabled_reason is None:
+                self._disabled_reason = f"llm_disabled:{kind}"
+                fix = getattr(exc, "fix", None) or _FIXES.get(kind, "fix the agent config")
+                _logger.warning(
+                    "LLM disabled for this sweep: the chain's %s failed with a permanent error "
+                    "(%s). Fix: %s. Every remaining trial comes from the classical sampler %s.",
+                    what, message, redact(str(fix)).rstrip("."), type(self._fallback).__name__,
+                )
+            return f"llm_error:{kind}"
+        level = logging.WARNING if self._first(f"err:{kind}") else logging.INFO
+        then = (
+            "this trial comes from the classical sampler, the next one asks again"
+            if fatal
+            else "invalid values are clamped or sampled by the classical sampler"
+        )
+        _logger.log(
+            level, "The LLM chain's %s failed (%s): %s (transient; later %s errors are logged "
+            "at INFO).", what, message, then, kind,
+        )
         return f"llm_error:{kind}"
 
     def _build_view(
-        self, study: optuna.Study, search_space: dict[str, BaseDistribution]
+        self,
+        study: optuna.Study,
+        search_space: dict[str, BaseDistribution],
+        trials: Sequence[FrozenTrial],
+        wanted: int,
+        candidates: Sequence[Mapping[str, Any]] = (),
     ) -> StudyView:
         from hpo.agents.chain import StudyView
 
@@ -718,55 +1002,72 @@ class LLMSampler(BaseSampler):
                     if len(directions) == 1
                     else [f"value_{i}" for i in range(len(directions))]
                 )
+        budget = self._trial_budget(trials)
+        state = None
+        if self._mode == "hybrid":
+            snapshot = None
+            if isinstance(self._fallback, CmaLeader):
+                snapshot = self._fallback.snapshot(study, search_space)
+            state = describe_state(
+                trials=trials,
+                space=search_space,
+                directions=directions,
+                leader=self._leader_name or "tpe",
+                snapshot=snapshot,
+                candidates=candidates,
+            )
         return StudyView(
             space=specs,
             directions=directions,
             objective_names=names,
-            trials=study.get_trials(deepcopy=False),
-            n_proposals=self._batch_size,
+            trials=list(trials),
+            n_proposals=max(1, wanted if budget is None else min(wanted, max(1, budget.left))),
             context=dict(self._context),
+            budget=budget,
+            fidelity=self._fidelity_text(trials),
+            optimizer_state=state,
         )
 
     def _deduplicate(
         self,
         study: optuna.Study,
-        candidates: list[_Candidate],
+        candidates: list[Candidate],
         search_space: dict[str, BaseDistribution],
-    ) -> tuple[list[_Candidate], list[str]]:
+    ) -> tuple[list[Candidate], list[str]]:
         names = sorted(search_space)
         if self._key_names != names:  # keys of trials are cached per search space
             self._key_names, self._trial_keys = names, {}
         seen: dict[tuple[Any, ...], str] = {}
         for t in study.get_trials(deepcopy=False):
-            key = self._trial_keys.get(t._trial_id)
-            if key is None:
+            k = self._trial_keys.get(t._trial_id)
+            if k is None:
                 params = t.params
                 if not all(n in params for n in names):
                     continue  # not (yet) a full point: check again next time
                 # a trial's params never change once all are set: key it once
-                key = self._trial_keys[t._trial_id] = _key(params, names)
-            seen.setdefault(key, f"trial {t.number}")
+                k = self._trial_keys[t._trial_id] = key(params, names)
+            seen.setdefault(k, f"trial {t.number}")
         for item in self._queue:
             if all(n in item.values for n in names):
-                seen.setdefault(_key(item.values, names), "a queued proposal")
-        kept: list[_Candidate] = []
+                seen.setdefault(key(item.values, names), "a queued proposal")
+        kept: list[Candidate] = []
         dropped: list[str] = []
         for c in candidates:
             if not c.values:
                 dropped.append(f"proposal {c.index}: no valid value")
                 continue
             if all(n in c.values for n in names):
-                key = _key(c.values, names)
-                if key in seen:
-                    dropped.append(f"proposal {c.index}: duplicates {seen[key]}")
+                k = key(c.values, names)
+                if k in seen:
+                    dropped.append(f"proposal {c.index}: duplicates {seen[k]}")
                     continue
-                seen[key] = f"proposal {c.index}"
+                seen[k] = f"proposal {c.index}"
             kept.append(c)
         return kept, dropped
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _account(self, study: optuna.Study, trial: FrozenTrial, spent: _Spent) -> str:
+    def _account(self, study: optuna.Study, label: int | str, spent: _Spent) -> str:
         """Add a chain call to the study totals and dump its records; returns the call id.
 
         The id names the last LLM request of the call (``call-0007``), as the dump files do.
@@ -784,55 +1085,35 @@ class LLMSampler(BaseSampler):
         )
         if self._dump_dir is not None:
             for i, record in enumerate(spent.calls):
-                self._dump(first + i + 1, record, study, trial)
+                try:
+                    write_call_dump(
+                        self._dump_dir, first + i + 1, record, study=study.study_name,
+                        trial=label,
+                    )
+                except OSError as exc:
+                    self._warn_once(
+                        "dump", "Cannot write LLM call dumps under %s: %s", self._dump_dir, exc
+                    )
         return f"call-{first + n_calls:04d}"
-
-    def _dump(self, number: int, record: Any, study: optuna.Study, trial: FrozenTrial) -> None:
-        assert self._dump_dir is not None
-        role = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(getattr(record, "role", "call"))) or "call"
-        doc = {
-            "call": f"call-{number:04d}",
-            "study": study.study_name,
-            "trial": trial.number,
-            "role": getattr(record, "role", None),
-            "provider": getattr(record, "provider", None),
-            "model": getattr(record, "model", None),
-            "cached": getattr(record, "cached", None),
-            "error": getattr(record, "error", None),
-            "latency_s": getattr(record, "latency_s", None),
-            "usage": _jsonable(getattr(record, "usage", None)),
-            "system": getattr(record, "system", None),
-            "messages": _jsonable(getattr(record, "messages", None)),
-            "raw_text": getattr(record, "raw_text", None),
-        }
-        try:
-            self._dump_dir.mkdir(parents=True, exist_ok=True)
-            text = redact(json.dumps(redact_obj(doc), indent=2, ensure_ascii=False, default=str))
-            path = self._dump_dir / f"call-{number:04d}-{role}.json"
-            path.write_text(text + "\n", encoding="utf-8")
-        except OSError as exc:
-            self._warn_once(
-                "dump", "Cannot write LLM call dumps under %s: %s", self._dump_dir, exc
-            )
 
     def _add_totals(self, study: optuna.Study, deltas: Mapping[str, float]) -> None:
         attrs = study.user_attrs
-        for key, delta in deltas.items():
-            if key == COST_USD_TOTAL:
-                study.set_user_attr(key, round(float(attrs.get(key, 0.0)) + delta, 8))
+        for k, delta in deltas.items():
+            if k == COST_USD_TOTAL:
+                study.set_user_attr(k, round(float(attrs.get(k, 0.0)) + delta, 8))
             else:
-                study.set_user_attr(key, int(attrs.get(key, 0)) + int(delta))
+                study.set_user_attr(k, int(attrs.get(k, 0)) + int(delta))
 
     def _set_trial_attrs(
         self, study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any]
     ) -> None:
-        for key, value in attrs.items():
+        for k, value in attrs.items():
             if isinstance(value, str):
                 value = redact(value)
-            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+            study._storage.set_trial_user_attr(trial._trial_id, k, value)
             # Mirror into the frozen trial we were given, as Trial.set_user_attr does: it is the
             # live Trial's cache, so `study.ask().user_attrs` shows the provenance at once.
-            trial.user_attrs[key] = value
+            trial.user_attrs[k] = value
 
     def _save_trial_note(self, study: optuna.Study, trial: FrozenTrial, text: str) -> None:
         try:
@@ -855,120 +1136,78 @@ class LLMSampler(BaseSampler):
         except Exception as exc:
             _logger.debug("Cannot save the dashboard note of the study: %s", exc)
 
-    def _first(self, key: str) -> bool:
-        if key in self._warned:
+    def _first(self, k: str) -> bool:
+        if k in self._warned:
             return False
-        self._warned.add(key)
+        self._warned.add(k)
         return True
 
-    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
-        if self._first(key):
+    def _warn_once(self, k: str, msg: str, *args: Any) -> None:
+        if self._first(k):
             _logger.warning(msg, *args)
 
 
-# ---------------------------------------------------------------------- the checker
+def source_kind(trial: FrozenTrial) -> Literal["llm", "classical", "llm_miss"] | None:
+    """What a finished trial counts for in the bandit: ``llm`` (llm, repaired, clamped),
+    ``llm_miss`` (the LLM's reply left nothing usable: reward 0 for the LLM), ``classical``
+    (fallback, leader, and the baseline, the control), or None (trials of other samplers,
+    failures re-run as another trial)."""
+    attrs = trial.user_attrs
+    if attrs.get(RETRIED, False):
+        return None
+    src = attrs.get(SOURCE)
+    if src in LLM_SOURCES:
+        return "llm"
+    if src == "fallback" and attrs.get(FALLBACK_REASON) == "no_proposal":
+        return "llm_miss"
+    if src in CLASSICAL_SOURCES:
+        return "classical"
+    return None
 
 
-def _check_proposal(
-    index: int, params: dict[str, Any], rationale: str, space: dict[str, BaseDistribution]
-) -> _Candidate:
-    c = _Candidate(index=index, raw=params, rationale=str(rationale or ""))
-    c.unknown = sorted(str(k) for k in params if k not in space)
-    for name, dist in space.items():
-        if name not in params or params[name] is None:
-            c.problems[name] = "is missing"
+def _snap_to_candidates(
+    proposals: list[Candidate],
+    cands: Sequence[Mapping[str, Any]],
+    space: Mapping[str, BaseDistribution],
+) -> dict[int, int]:
+    """Replace each proposal's candidate-listed values by the nearest candidate's (unit
+    distance over the values both carry); returns proposal index -> 1-based candidate."""
+    picked: dict[int, int] = {}
+    scales = {
+        n: UnitScale.of(n, d)  # type: ignore[arg-type]
+        for n, d in space.items()
+        if n in cands[0]
+    }
+    for c in proposals:
+        shared = [n for n in scales if n in c.values]
+        if not shared:
             continue
-        msg = check_value(dist, params[name])
-        if msg is None:
-            c.values[name] = _normalize(dist, params[name])
-            c.sources[name] = "llm"
-        else:
-            c.problems[name] = msg
-    return c
+
+        def dist(cand: Mapping[str, Any], shared: list[str] = shared, c: Candidate = c) -> float:
+            return sum(
+                (scales[n].to_unit(float(cand[n])) - scales[n].to_unit(float(c.values[n]))) ** 2
+                for n in shared
+            )
+
+        best = min(range(len(cands)), key=lambda i: (dist(cands[i]), i))
+        for n in scales:
+            c.values[n] = cands[best][n]
+            c.sources.setdefault(n, "llm")
+        picked[c.index] = best + 1
+    return picked
 
 
-def _apply_repair(
-    candidates: list[_Candidate],
-    repaired: list[dict[str, Any]],
-    space: dict[str, BaseDistribution],
-) -> None:
-    """Take the repaired values of the parameters that had problems.
-
-    A repair reply either restates the whole batch (same length, matched by position) or lists
-    only the corrected proposals (matched in order to the proposals that had problems).
-    """
-    invalid = [c for c in candidates if c.problems]
-    if len(repaired) == len(candidates):
-        pairs = [(c, repaired[i]) for i, c in enumerate(candidates) if c.problems]
-    else:
-        pairs = list(zip(invalid, repaired, strict=False))
-    for c, params in pairs:
-        for name in list(c.problems):
-            if name not in params or params[name] is None:
-                continue
-            if check_value(space[name], params[name]) is None:
-                c.values[name] = _normalize(space[name], params[name])
-                c.sources[name] = "repaired"
-                del c.problems[name]
-            else:
-                c.raw[name] = params[name]  # clamp the repaired value, the newer guess
-
-
-def _clamp_rest(c: _Candidate, space: dict[str, BaseDistribution]) -> None:
-    """Clamp what is still invalid; what cannot be clamped is left to the fallback."""
-    for name in list(c.problems):
-        if name in c.raw and c.raw[name] is not None:
-            clamped = clamp_value(space[name], c.raw[name])
-            if clamped is not None and check_value(space[name], clamped) is None:
-                c.values[name] = _normalize(space[name], clamped)
-                c.sources[name] = "clamped"
-                del c.problems[name]
-
-
-def _normalize(dist: BaseDistribution, value: Any) -> Any:
-    """The value with the Python type Optuna expects (int for ints, the choice object)."""
-    if isinstance(dist, IntDistribution):
-        return int(value)
-    if isinstance(dist, FloatDistribution):
-        value = float(value)
-        if dist.step is not None:  # snap onto the grid Optuna checks with a tighter tolerance
-            k = round((value - dist.low) / dist.step)
-            value = min(max(dist.low + k * dist.step, dist.low), dist.high)
-        return value
-    if isinstance(dist, CategoricalDistribution):
-        for choice in dist.choices:
-            if value == choice and isinstance(value, bool) == isinstance(choice, bool):
-                return choice
-    return value
-
-
-def _key(params: Mapping[str, Any], names: list[str]) -> tuple[Any, ...]:
-    out: list[Any] = []
-    for n in names:
-        v = params[n]
-        if isinstance(v, float):
-            v = float(f"{v:.10g}")
-        out.append((n, type(v).__name__ if isinstance(v, bool) else "", v))
-    return tuple(out)
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _one_paragraph(text: str, limit: int = _RATIONALE_MAX_CHARS) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _jsonable(obj: Any) -> Any:
-    if obj is None or isinstance(obj, str | int | float | bool):
-        return obj
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if hasattr(obj, "model_dump"):
-        return _jsonable(obj.model_dump())
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return str(obj)
 
 
 def _spec_dict(specs: Sequence[ParamSpec]) -> dict[str, ParamSpec]:
@@ -993,3 +1232,17 @@ def _check_batch_size(k: Any) -> None:
             f"batch_size={k!r} is not an integer >= 1: pass the number of parallel trial "
             "slots, e.g. 4."
         )
+
+
+def _check_unit(name: str, value: Any, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name}={value!r} is not a number: pass a float in [0, 1], {example}.")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value!r} is outside [0, 1]: pass a probability, {example}.")
+
+
+def _check_count(name: str, value: Any, low: int, example: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is not an integer >= {low}: pass {example}.")
