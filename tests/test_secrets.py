@@ -75,7 +75,8 @@ def canary_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     canary = f"sk-canary-{secrets.token_hex(12)}"
     root = tmp_path_factory.mktemp("secrets")
     with FakeLLMServer() as server:
-        server.responder = Leaky(["400", "429", "ok1", "malformed", "ok2"])
+        # the 400 comes last: a rejected request is permanent and turns the LLM off for the sweep
+        server.responder = Leaky(["429", "ok1", "malformed", "ok2", "400"])
         env = clean_env(OPENAI_API_KEY=canary, OPENAI_BASE_URL=server.openai_base_url)
         proc = run_cli(
             ["-m", "hpo.train", "-m", "agent=openai", "agent.max_retries=1", "agent.cache=true",
