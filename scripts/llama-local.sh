@@ -294,7 +294,8 @@ EOF
 
 server_args() {
   printf '%s\n' --model "$MODEL" --model_alias "$ALIAS" --host 127.0.0.1 --port "$PORT" \
-    --n_ctx "$CTX" --n_threads "$THREADS" --n_threads_batch "$THREADS" --seed 42
+    --n_ctx "$CTX" --n_threads "$THREADS" --n_threads_batch "$THREADS" --logits_all false \
+    --seed 42
 }
 
 stop_server() {
