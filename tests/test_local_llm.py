@@ -59,8 +59,10 @@ class LocalSweep:
 def local_sweep(local_llm: LocalLLM, tmp_path_factory: pytest.TempPathFactory) -> LocalSweep:
     """``N_TRIALS`` trials, one slot: the baseline, then one LLM call per trial.
 
-    ``agent.chain=single`` (the proposer alone) keeps the call count to one per trial; the
-    generous ``timeout_s`` fits a CPU server that shares 2 cores with the trainings.
+    ``agent.chain=single`` (the proposer alone) keeps the call count to one per trial;
+    ``agent.adaptive_share=false`` keeps damage control from handing trials to the classical
+    sampler, so that every trial after the baseline asks the LLM; the generous ``timeout_s``
+    fits a CPU server that shares 2 cores with the trainings.
     """
     root = tmp_path_factory.mktemp("local_llm")
     db = root / "s.db"
@@ -68,7 +70,8 @@ def local_sweep(local_llm: LocalLLM, tmp_path_factory: pytest.TempPathFactory) -
     env = clean_env(HPO_LOCAL_BASE_URL=local_llm.base_url)
     proc = run_cli(
         ["-m", "hpo.train", "-m", "agent=local", f"agent.model={local_llm.model}",
-         "agent.chain=single", "agent.timeout_s=300", "agent.max_retries=1",
+         "agent.chain=single", "agent.adaptive_share=false", "agent.timeout_s=300",
+         "agent.max_retries=1",
          "trainer=debug", f"hydra.sweeper.n_trials={N_TRIALS}", "hydra.sweeper.n_jobs=1",
          f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={sweep_dir}",
          "hydra.sweeper.seed=0"],
@@ -161,11 +164,16 @@ def test_dumps_hold_the_request_in_the_form_this_server_takes(local_sweep: Local
 
 
 def test_summary_says_how_many_trials_came_from_the_llm(local_sweep: LocalSweep) -> None:
-    from_llm = sum(local_sweep.source(t) in LLM_SOURCES for t in local_sweep.trials)
+    """"k of n trials came from the LLM (r repaired, c clamped), f from the fallback ...",
+    with the counts of the storage."""
+    sources = [local_sweep.source(t) for t in local_sweep.trials]
     text = local_sweep.stdout + local_sweep.stderr
-    match = re.search(r"(\d+) of (\d+) trials came from the LLM", text)
+    match = re.search(r"(\d+) of (\d+) trials came from the LLM \((\d+) repaired, (\d+) "
+                      r"clamped\), (\d+) from the fallback", text)
     assert match, f"no 'k of n trials came from the LLM' line in:\n{text[-3000:]}"
-    assert (int(match.group(1)), int(match.group(2))) == (from_llm, N_TRIALS)
+    expected = (sum(s in LLM_SOURCES for s in sources), N_TRIALS, sources.count("repaired"),
+                sources.count("clamped"), sources.count("fallback"))
+    assert tuple(int(g) for g in match.groups()) == expected, match.group(0)
 
 
 def test_server_uses_the_models_own_chat_template(local_llm: LocalLLM) -> None:
