@@ -1,4 +1,5 @@
-"""Session fixtures for the external services some tests need: SLURM, PostgreSQL, Chromium.
+"""Session fixtures for the external services some tests need: SLURM, PostgreSQL, Chromium and
+a small local LLM server.
 
 Each fixture runs the matching script under ``scripts/`` (which installs with apt when needed
 and starts the service), sends the script's output to a log file under pytest's base temp
@@ -32,10 +33,12 @@ import pytest
 
 __all__ = [
     "CHROMIUM_HEADLESS_FLAGS",
+    "LocalLLM",
     "SlurmCluster",
     "chromium_argv",
     "chromium_path",
     "fresh_database",
+    "local_llm",
     "need_service",
     "postgres_db_url",
     "postgres_url",
@@ -89,11 +92,18 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _run_script(
-    name: str, script: str, args: list[str], log: Path, *, env: dict[str, str] | None = None
+    name: str,
+    script: str,
+    args: list[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = SCRIPT_TIMEOUT_S,
 ) -> str:
     """Run ``scripts/<script> <args>``; stderr (and stdout) go to ``log``; return stdout.
 
-    Calls :func:`need_service` with the log's tail when the script fails or hangs.
+    Calls :func:`need_service` with the log's tail when the script fails or runs over
+    ``timeout`` seconds.
     """
     path = SCRIPTS / script
     if not path.is_file():
@@ -109,14 +119,14 @@ def _run_script(
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 text=True,
-                timeout=SCRIPT_TIMEOUT_S,
+                timeout=timeout,
                 env=env,
                 check=False,
             )
         except subprocess.TimeoutExpired:
             need_service(
                 name,
-                f"{script} {' '.join(args)} ran over {SCRIPT_TIMEOUT_S} s; "
+                f"{script} {' '.join(args)} ran over {timeout:.0f} s; "
                 f"log {log}:\n{_log_tail(log)}",
             )
         log_file.write(done.stdout)
@@ -352,6 +362,78 @@ def fresh_database(postgres_url: str) -> Iterator[str]:
                 if attempt == 9:
                     logger.warning("test database %s left behind: %s", name, exc)
                 time.sleep(0.5)
+
+
+# ------------------------------------------------------------------------------ local LLM
+
+# A first `up` on a fresh machine builds llama-cpp-python from source (5-10 min on 2 cores,
+# longer on a busy machine) before the server starts.
+LLAMA_UP_TIMEOUT_S = 2400
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalLLM:
+    """The llama-cpp-python server of ``scripts/llama-local.sh`` (SmolLM2-135M-Instruct).
+
+    Attributes:
+        base_url: OpenAI base URL, ``http://127.0.0.1:55480/v1``: the value for
+            ``HPO_LOCAL_BASE_URL``.
+        model: The model name the server answers to (its ``/v1/models`` id).
+        root: State directory (``HPO_LLAMA_HOME``), holding ``log/server.log`` and
+            ``log/build.log``.
+    """
+
+    base_url: str
+    model: str
+    root: Path
+
+
+def _served_model(base_url: str) -> str:
+    """The first model id that ``<base_url>/models`` lists."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/models", timeout=10) as response:
+        return str(json.load(response)["data"][0]["id"])
+
+
+@pytest.fixture(scope="session")
+def local_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLLM]:
+    """A running llama-cpp-python server with a small real model on 127.0.0.1.
+
+    The state directory is ``HPO_LLAMA_HOME`` (default ``~/.cache/hpo/llama``), the built
+    llama-cpp-python wheel is cached in ``HPO_WHEEL_CACHE`` (default ``~/.cache/hpo/wheels``);
+    ``HPO_LLAMA_PORT`` moves the server.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpo"
+    root = Path(os.environ.get("HPO_LLAMA_HOME") or cache / "llama")
+    log = _log_dir(tmp_path_factory) / "llama.log"
+    problem = ""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"cannot create HPO_LLAMA_HOME={root}: {exc}"
+    if problem:
+        need_service("llama", f"{problem}; set HPO_LLAMA_HOME to a writable directory.")
+    shared = _SharedService(root=root)
+    shared.acquire(
+        is_running=lambda: _status_ok("llama-local.sh", ["status"]),
+        start=lambda: _run_script(
+            "llama", "llama-local.sh", ["up"], log, timeout=LLAMA_UP_TIMEOUT_S
+        ),
+    )
+    try:
+        base_url = _run_script("llama", "llama-local.sh", ["url"], log).strip()
+        model, problem = "", f"{base_url}/models listed no model"
+        try:
+            model = _served_model(base_url)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            problem = f"{base_url}/models gave no model: {exc}"
+        if not model:
+            need_service("llama", f"{problem}; log {log}:\n{_log_tail(log)}")
+        yield LocalLLM(base_url=base_url, model=model, root=root)
+    finally:
+        shared.release(stop=lambda: _stop("llama-local.sh", ["down"], log))
 
 
 # ------------------------------------------------------------------------------ Chromium
