@@ -186,3 +186,53 @@ def test_llama_cpp_grammar_accepts_the_schema():
     grammar = pytest.importorskip("llama_cpp.llama_grammar")
     gbnf = grammar.json_schema_to_gbnf(json.dumps(reply_schema(PlannerReply, SPACE, 2)))
     assert '"\\"mlp\\"" | "\\"cnn\\""' in gbnf
+
+
+# -- numbers as a grid (grammar-constrained local servers) ---------------------------------
+
+
+def test_grid_lists_valid_values_spread_over_each_numeric_range() -> None:
+    schema = reply_schema(ProposerReply, SPACE, 2, grid=12)
+    params = schema["properties"]["proposals"]["items"]["properties"]["params"]["properties"]
+    for spec in SPACE:
+        prop = params[spec.name]
+        assert "minimum" not in prop and "maximum" not in prop
+        values = prop["enum"]
+        assert all(check_value(spec.distribution, v) is None for v in values), spec.name
+        assert len(set(values)) == len(values)
+        d = spec.distribution
+        if not isinstance(d, CategoricalDistribution):
+            assert values[0] == d.low and values[-1] == d.high  # the ends are reachable
+            assert 4 <= len(values) <= 24
+    # a log scale is spread in log space: the middle of the grid is near the geometric middle
+    lr = params["lr"]["enum"]
+    assert 1e-4 < lr[len(lr) // 2] < 1e-2
+
+
+def test_local_provider_gets_the_grid_and_hosted_ones_the_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with FakeLLMServer(seed=0) as server:
+        monkeypatch.setenv("HPO_LOCAL_BASE_URL", server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        view = StudyView(space=SPACE, directions=["minimize"], objective_names=["loss"],
+                         trials=[], n_proposals=1)
+        for provider, numbers, grid in [("local", "auto", True), ("openai", "auto", False),
+                                        ("openai", "grid", True), ("local", "bounds", False)]:
+            chain = build_chain({"provider": provider, "chain": "single", "max_retries": 0,
+                                 "schema_numbers": numbers, "dump_prompts": False})
+            assert chain is not None
+            chain.propose(view)
+            sent = server.requests[-1].schema
+            assert sent is not None
+            lr = sent["properties"]["proposals"]["items"]["properties"]["params"]["properties"]
+            assert ("enum" in lr["lr"]) is grid, (provider, numbers)
+            assert ("maximum" in lr["lr"]) is not grid, (provider, numbers)
+
+
+def test_unknown_schema_numbers_is_one_line() -> None:
+    from hpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="agent.schema_numbers='exact' is unknown"):
+        build_chain({"provider": "none", "schema_numbers": "exact"})

@@ -304,6 +304,8 @@ class StagedChain:
         prompts: The prompt templates.
         budget: Token / cost caps over the chain's lifetime.
         consultant_turns: Discussion turns of the consultants stage (``2 * turns`` calls).
+        schema_grid: Send numeric parameters as an enum of about this many values inside their
+            bounds (see :func:`hpo.agents.schema.param_schema`); None sends the bounds.
 
     Raises:
         ValueError: Invalid stages, or ``consultant_turns`` < 1.
@@ -323,6 +325,7 @@ class StagedChain:
         prompts: PromptSet | None = None,
         budget: Budget | None = None,
         consultant_turns: int = 2,
+        schema_grid: int | None = None,
     ) -> None:
         if (not isinstance(consultant_turns, int) or isinstance(consultant_turns, bool)
                 or consultant_turns < 1):
@@ -333,6 +336,7 @@ class StagedChain:
         self.name = name or default_name
         self.proposing_stage = next(s for s in self.stages if s in PROPOSING_STAGES)
         self.turns = consultant_turns
+        self.schema_grid = schema_grid
         self.default = RoleSettings(client=client, temperature=temperature, max_tokens=max_tokens)
         self.roles: dict[str, RoleSettings] = dict(roles or {})
         self.history = history or HistoryOptions()
@@ -377,8 +381,9 @@ class StagedChain:
             values = self._values(view)
             values["previous"] = proposals_json(previous.proposals)
             values["errors"] = "\n".join(f"- {quote(e, max_chars=400)}" for e in errors) or "none"
-            reply = self._call("repair", ProposerReply, values, result,
-                               schema=reply_schema(ProposerReply, view.space, view.n_proposals))
+            schema = reply_schema(ProposerReply, view.space, view.n_proposals,
+                                  grid=self.schema_grid)
+            reply = self._call("repair", ProposerReply, values, result, schema=schema)
             result.proposals = list(reply.proposals)
             result.diagnosis = reply.diagnosis or previous.diagnosis
             result.step = previous.step
@@ -430,7 +435,8 @@ class StagedChain:
     def _stage_consultants(self, p: _Pass) -> None:
         """Two consultants, ``turns`` turns: A sees B's advice of the previous turn, B sees A's
         of this turn. Their last advice goes to the supervisor."""
-        schema = reply_schema(ConsultantReply, p.view.space, p.view.n_proposals)
+        schema = reply_schema(ConsultantReply, p.view.space, p.view.n_proposals,
+                              grid=self.schema_grid)
         last: list[ConsultantReply | None] = [None, None]
         for turn in range(1, self.turns + 1):
             for i in (0, 1):
@@ -466,13 +472,15 @@ class StagedChain:
         self._proposing(p, "supervisor")
 
     def _proposing(self, p: _Pass, role: str) -> None:
-        schema = reply_schema(ProposerReply, p.view.space, p.view.n_proposals)
+        schema = reply_schema(ProposerReply, p.view.space, p.view.n_proposals,
+                              grid=self.schema_grid)
         reply = self._call(role, ProposerReply, p.values, p.result, schema=schema)
         p.result.proposals = list(reply.proposals)
         p.proposed = reply.diagnosis or None
 
     def _stage_planner(self, p: _Pass) -> None:
-        schema = reply_schema(PlannerReply, p.view.space, p.view.n_proposals)
+        schema = reply_schema(PlannerReply, p.view.space, p.view.n_proposals,
+                              grid=self.schema_grid)
         reply = self._call("planner", PlannerReply, p.values, p.result, schema=schema)
         result = p.result
         result.step = reply.step

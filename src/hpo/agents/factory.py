@@ -16,6 +16,8 @@ No Hydra here: the sweeper converts its config to a dict first. Keys (all option
     chain: diagnose         # a preset (single | diagnose | consultants | planner) or a list of
                             # stages, e.g. [analyst, consultants, supervisor, checker]
     consultant_turns: 2
+    schema_numbers: auto    # numbers in the reply schema: bounds | grid (an enum of about 12
+                            # values) | auto (grid for the local provider, bounds otherwise)
     researcher: false       # insert a researcher stage (after the analyst, else first)
     anonymize: true
     sensitive: []           # extra strings to anonymize (besides the caller's names)
@@ -55,6 +57,9 @@ __all__ = ["NO_CREDENTIALS_WARNING", "ROLE_NAMES", "build_chain", "chain_config"
 
 logger = logging.getLogger(__name__)
 
+# Values per numeric parameter when the reply schema lists a grid (agent.schema_numbers).
+SCHEMA_GRID_POINTS = 12
+
 NO_CREDENTIALS_WARNING = (
     "No LLM credentials found (ANTHROPIC_API_KEY, OPENAI_API_KEY, DEEPSEEK_API_KEY, "
     "GEMINI_API_KEY, OPENROUTER_API_KEY): proposals come from the classical fallback sampler "
@@ -93,6 +98,7 @@ _KNOWN_KEYS = (
     *_ROLE_KEYS,
     "chain",
     "consultant_turns",
+    "schema_numbers",
     "researcher",
     "anonymize",
     "sensitive",
@@ -257,6 +263,12 @@ def build_chain(
     # checked before deciding there is no LLM, so a typo never passes silently
     chain_name, stages = chain_config(cfg)
     turns = _num(cfg, "consultant_turns", low=1, integer=True)
+    numbers = str(cfg.get("schema_numbers") or "auto").strip().lower()
+    if numbers not in ("auto", "bounds", "grid"):
+        raise ConfigError(
+            f"agent.schema_numbers={cfg.get('schema_numbers')!r} is unknown: use auto, bounds "
+            "or grid"
+        )
     temperature = _num(cfg, "temperature", low=0.0, high=2.0)
     _num(cfg, "fallback_share", low=0.0, high=1.0)
     provider = str(cfg.get("provider") or "none").strip().lower()
@@ -359,6 +371,9 @@ def build_chain(
         prompts=prompts,
         budget=budget,
         consultant_turns=2 if turns is None else turns,
+        # grammar-constrained local servers enforce an enum but not float bounds
+        schema_grid=SCHEMA_GRID_POINTS
+        if numbers == "grid" or (numbers == "auto" and provider == "local") else None,
     )
     logger.info(
         "agent chain %s %s: %s / %s%s", chain_name, list(stages), client.provider,

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from hpo.space import ParamSpec
 
-__all__ = ["condition_text", "param_schema", "params_schema", "reply_schema"]
+__all__ = ["condition_text", "numeric_grid", "param_schema", "params_schema", "reply_schema"]
 
 _JSON_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "boolean"),  # before int: bool is an int subclass
@@ -56,8 +56,51 @@ def condition_text(spec: ParamSpec) -> str | None:
     return f"only when {parent} is {shown}"
 
 
-def param_schema(spec: ParamSpec) -> dict[str, Any]:
-    """The schema of one parameter's value (bounds, choices; scale and step described)."""
+def numeric_grid(dist: IntDistribution | FloatDistribution, points: int) -> list[int | float]:
+    """About ``points`` valid values spread over ``dist`` (log-spaced on a log scale).
+
+    Ends included; on the step grid where ``dist`` has a step; floats rounded to 3 significant
+    digits but never outside the bounds. A range with few valid values lists them all.
+    """
+    low, high = dist.low, dist.high
+    step = dist.step
+    if step is not None:
+        count = round((high - low) / step) + 1
+        if count <= 2 * points:
+            idx = range(count)
+        else:
+            idx = sorted({round(i * (count - 1) / (points - 1)) for i in range(points)})
+        if isinstance(dist, IntDistribution) and not dist.log:
+            return [int(low + i * step) for i in idx]
+        if isinstance(dist, FloatDistribution):
+            return [min(round(low + i * step, 12), high) for i in idx]
+    if dist.log:
+        lo, hi = math.log(low), math.log(high)
+        raw = [math.exp(lo + (hi - lo) * i / (points - 1)) for i in range(points)]
+    else:
+        raw = [low + (high - low) * i / (points - 1) for i in range(points)]
+    out: list[int | float] = []
+    for i, v in enumerate(raw):
+        if i in (0, points - 1):
+            value: int | float = low if i == 0 else high
+        elif isinstance(dist, IntDistribution):
+            value = round(v)
+        else:
+            value = min(max(float(f"{v:.3g}"), low), high)
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def param_schema(spec: ParamSpec, *, grid: int | None = None) -> dict[str, Any]:
+    """The schema of one parameter's value (bounds, choices; scale and step described).
+
+    Args:
+        spec: The parameter.
+        grid: Numbers as an ``enum`` of about this many values inside the bounds (see
+            :func:`numeric_grid`) instead of ``minimum``/``maximum``: grammar-constrained
+            servers (llama.cpp, llama-cpp-python, Ollama) enforce an enum but not float bounds.
+    """
     d = spec.distribution
     out: dict[str, Any]
     notes: list[str] = []
@@ -68,7 +111,12 @@ def param_schema(spec: ParamSpec) -> dict[str, Any]:
         out["enum"] = choices
     elif isinstance(d, IntDistribution | FloatDistribution):
         integer = isinstance(d, IntDistribution)
-        out = {"type": "integer" if integer else "number", "minimum": d.low, "maximum": d.high}
+        out = {"type": "integer" if integer else "number"}
+        if grid:
+            out["enum"] = numeric_grid(d, grid)
+            notes.append(f"a grid inside [{_g(d.low)}, {_g(d.high)}]")
+        else:
+            out.update(minimum=d.low, maximum=d.high)
         if d.log:
             notes.append(
                 f"log scale: log10 from {_g(math.log10(d.low))} to {_g(math.log10(d.high))}"
@@ -86,11 +134,11 @@ def param_schema(spec: ParamSpec) -> dict[str, Any]:
     return out
 
 
-def params_schema(space: Sequence[ParamSpec]) -> dict[str, Any]:
+def params_schema(space: Sequence[ParamSpec], *, grid: int | None = None) -> dict[str, Any]:
     """The ``params`` object: one property per parameter, unconditional ones required."""
     return {
         "type": "object",
-        "properties": {p.name: param_schema(p) for p in space},
+        "properties": {p.name: param_schema(p, grid=grid) for p in space},
         "required": [p.name for p in space if p.condition is None],
         "additionalProperties": False,
     }
@@ -119,7 +167,11 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
 
 
 def reply_schema(
-    reply_model: type[BaseModel], space: Sequence[ParamSpec], n_proposals: int
+    reply_model: type[BaseModel],
+    space: Sequence[ParamSpec],
+    n_proposals: int,
+    *,
+    grid: int | None = None,
 ) -> dict[str, Any]:
     """The schema sent with one call of a proposing role.
 
@@ -131,6 +183,7 @@ def reply_schema(
         reply_model: The pydantic reply model (e.g. ``ProposerReply``).
         space: The search space of this call.
         n_proposals: How many proposals the call asks for (at least 1).
+        grid: Numbers as a grid of about this many values (see :func:`param_schema`).
 
     Raises:
         ValueError: ``n_proposals`` < 1.
@@ -143,7 +196,7 @@ def reply_schema(
     proposals = props.get("proposals")
     if isinstance(proposals, dict):
         item_props = dict((proposals.get("items") or {}).get("properties") or {})
-        item_props["params"] = params_schema(space)
+        item_props["params"] = params_schema(space, grid=grid)
         props["proposals"] = {
             "type": "array",
             "items": {"type": "object", "properties": item_props, "required": list(item_props)},
