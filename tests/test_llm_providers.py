@@ -310,6 +310,8 @@ def test_parse_reply_variants() -> None:
     assert parse_reply('{"answer": 1}', Answer).answer == 1
     assert parse_reply('```\n{"answer": 2,}\n```', Answer).answer == 2
     assert parse_reply('x {"a": 1} then {"answer": 3}', Answer).answer == 3
+    # a raw line break inside a string (grammar-constrained local servers emit them) is kept
+    assert parse_reply('{"note": "a}}}\n\nb", "answer": 4}', Answer).answer == 4
     with pytest.raises(LLMMalformedReply, match="no JSON object"):
         parse_reply("nothing here", Answer)
     with pytest.raises(LLMMalformedReply, match="empty"):

@@ -28,15 +28,20 @@ def _snippet(text: str) -> str:
 
 
 def _decode_candidates(text: str) -> list[Any]:
-    """Every top-level JSON object found in ``text``, most likely first."""
-    decoder = json.JSONDecoder()
+    """Every top-level JSON object found in ``text``, most likely first.
+
+    Raw control characters (a newline) inside strings are accepted: grammar-constrained local
+    servers emit them, and rejecting the whole reply for a line break in a rationale would throw
+    the proposal away.
+    """
+    decoder = json.JSONDecoder(strict=False)
     found: list[Any] = []
     stripped = text.strip()
     with contextlib.suppress(ValueError):
-        found.append(json.loads(stripped))
+        found.append(decoder.decode(stripped))
     for block in _FENCE.findall(text):
         try:
-            found.append(json.loads(block.strip()))
+            found.append(decoder.decode(block.strip()))
         except ValueError:
             continue
     # Scan for objects embedded in prose; skip over an object once decoded (no nested hits).
