@@ -198,3 +198,62 @@ def test_fast_in_process_jobs_get_the_config_hydra_would_compose(
 
     for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
         assert text(fast, name) == text(full, name), name
+
+
+LOGGING_APP = '''
+import logging
+
+import hydra
+
+log = logging.getLogger("trialapp")
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def main(cfg):
+    log.info("job says x=%s", cfg.x)
+    logging.getLogger("trialapp.debug").debug("hidden unless verbose")
+    return float(cfg.x) ** 2
+
+
+if __name__ == "__main__":
+    main()
+'''
+LOGGING_CONFIG = '''
+defaults:
+  - override hydra/sweeper: hpo
+  - _self_
+x: 0.0
+hydra:
+  sweeper: {study_name: logs, n_trials: 4, storage: memory, seed: 2, progress: false}
+  sweep: {dir: "${oc.env:HPO_TEST_SWEEP_DIR}", subdir: "${hydra.job.num}"}
+'''
+
+
+def test_fast_in_process_jobs_log_as_hydra_jobs_do(tmp_path: Path) -> None:
+    """Each trial's log file holds its job's lines only; the driver logs in Hydra's format."""
+    (tmp_path / "app.py").write_text(LOGGING_APP)
+    (tmp_path / "config.yaml").write_text(LOGGING_CONFIG)
+
+    def run(mode: str) -> tuple[Path, str]:
+        out = tmp_path / mode
+        proc = run_cli(
+            [str(tmp_path / "app.py"), "-m", "x=interval(-1, 1)",
+             f"hydra.sweeper.fast_inprocess={mode == 'fast'}"],
+            cwd=tmp_path, env=clean_env(HPO_TEST_SWEEP_DIR=str(out)),
+        )
+        return out, proc.stdout
+
+    def strip_times(text: str) -> list[str]:
+        return [ln.split("]", 1)[1] for ln in text.splitlines() if ln.startswith("[")]
+
+    (fast, fast_out), (full, full_out) = run("fast"), run("full")
+    for n in range(4):
+        fast_log = (fast / str(n) / "app.log").read_text()
+        assert strip_times(fast_log) == strip_times((full / str(n) / "app.log").read_text())
+        lines = strip_times(fast_log)
+        assert len(lines) == 1 and lines[0].startswith("[trialapp][INFO] - job says x=")
+    # the driver's lines between jobs are Hydra's ([HYDRA] ...), on the console only
+    for out in (fast_out, full_out):
+        finished = [ln for ln in out.splitlines() if "trial 3 finished in" in ln]
+        assert len(finished) == 1 and "][HYDRA] trial 3 finished in" in finished[0]
+        assert out.count("job says x=") == 4

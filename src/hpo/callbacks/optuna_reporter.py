@@ -11,6 +11,14 @@ from typing import Any, TypeVar
 import lightning as L
 import optuna
 
+from hpo.attrs import (
+    CURVES,
+    HOST,
+    PER_CLASS,
+    PRUNED_AT_EPOCH,
+    SLURM_JOB_ID,
+    SLURM_RESTARTS,
+)
 from hpo.callbacks._epochs import COLUMNS, TRAIN_KEYS, VAL_KEYS, EpochTable, as_float
 from hpo.errors import MetricNotFoundError
 from hpo.trial_context import TrialContext, current, open_trial
@@ -114,11 +122,11 @@ class OptunaReporter(L.Callback):
     def _write_attrs(self, pl_module: L.LightningModule) -> None:
         assert self.trial is not None
         names = self._table.names((*COLUMNS, self.monitor))
-        self._safe("storing curves", self.trial.set_user_attr, "curves",
+        self._safe("storing curves", self.trial.set_user_attr, CURVES,
                    self._table.curves(names), default=None)
         per_class = getattr(pl_module, "per_class", None)
         if per_class:
-            self._safe("storing per_class", self.trial.set_user_attr, "per_class",
+            self._safe("storing per_class", self.trial.set_user_attr, PER_CLASS,
                        per_class, default=None)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -149,7 +157,7 @@ class OptunaReporter(L.Callback):
         if should_prune:
             if self.trial is not None:
                 self._safe("storing pruned_at_epoch", self.trial.set_user_attr,
-                           "pruned_at_epoch", epoch, default=None)
+                           PRUNED_AT_EPOCH, epoch, default=None)
             shown = "?" if value is None else f"{value:.4g}"
             log.info("trial %s pruned at epoch %d: %s=%s", self._trial_label(), epoch,
                      self.monitor, shown)
@@ -177,13 +185,13 @@ def placement_attrs(environ: dict[str, str] | None = None) -> dict[str, Any]:
     ``hpo:slurm_job_id`` (``ARRAYID_TASKID`` for array tasks, as sacct names them) and
     ``hpo:slurm_restarts`` once the job was requeued (preemption)."""
     env = os.environ if environ is None else environ
-    attrs: dict[str, Any] = {"hpo:host": socket.gethostname()}
+    attrs: dict[str, Any] = {HOST: socket.gethostname()}
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
     if array and task:
-        attrs["hpo:slurm_job_id"] = f"{array}_{task}"
+        attrs[SLURM_JOB_ID] = f"{array}_{task}"
     elif env.get("SLURM_JOB_ID"):
-        attrs["hpo:slurm_job_id"] = env["SLURM_JOB_ID"]
+        attrs[SLURM_JOB_ID] = env["SLURM_JOB_ID"]
     restarts = env.get("SLURM_RESTART_COUNT", "")
     if restarts.isdigit() and int(restarts) > 0:
-        attrs["hpo:slurm_restarts"] = int(restarts)
+        attrs[SLURM_RESTARTS] = int(restarts)
     return attrs

@@ -31,6 +31,28 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
+# Trial and study user attributes (provenance, running totals, the planner's stop).
+from hpo.attrs import (
+    BATCH,
+    COST_USD,
+    COST_USD_TOTAL,
+    DROPPED_PARAMS,
+    DROPPED_PROPOSALS,
+    FALLBACK_REASON,
+    FALLBACK_TOTAL,
+    LATENCY_S,
+    LLM_CALL,
+    LLM_CALLS_TOTAL,
+    PARAM_SOURCES,
+    RATIONALE,
+    SOURCE,
+    STEP,
+    STOP,
+    TOKENS_IN,
+    TOKENS_IN_TOTAL,
+    TOKENS_OUT,
+    TOKENS_OUT_TOTAL,
+)
 from hpo.llm.base import LLMError, LLMMalformedReply, Usage
 from hpo.secrets import redact, redact_obj
 from hpo.space import ParamSpec, check_value, clamp_value
@@ -41,28 +63,6 @@ if TYPE_CHECKING:
 __all__ = ["LLMSampler"]
 
 _logger = logging.getLogger(__name__)
-
-# Trial user attributes (provenance).
-SOURCE = "hpo:source"
-FALLBACK_REASON = "hpo:fallback_reason"
-RATIONALE = "hpo:rationale"
-PARAM_SOURCES = "hpo:param_sources"
-TOKENS_IN = "hpo:tokens_in"
-TOKENS_OUT = "hpo:tokens_out"
-COST_USD = "hpo:cost_usd"
-LATENCY_S = "hpo:latency_s"
-LLM_CALL = "hpo:llm_call"
-BATCH = "hpo:batch"
-STEP = "hpo:step"
-DROPPED_PARAMS = "hpo:dropped_params"
-DROPPED_PROPOSALS = "hpo:dropped_proposals"
-# Study user attributes (running totals and the planner's stop).
-STOP = "hpo:stop"
-TOKENS_IN_TOTAL = "hpo:tokens_in_total"
-TOKENS_OUT_TOTAL = "hpo:tokens_out_total"
-COST_USD_TOTAL = "hpo:cost_usd_total"
-LLM_CALLS_TOTAL = "hpo:llm_calls_total"
-FALLBACK_TOTAL = "hpo:fallback_total"
 
 # How far a value departs from the LLM's proposal, in increasing order.
 _LLM_SOURCES = ("llm", "repaired", "clamped")
