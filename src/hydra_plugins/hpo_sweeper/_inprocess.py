@@ -11,10 +11,11 @@ the fast path off.
 
 The job then runs as Hydra 1.3's ``run_job`` runs it (same output dir, ``.hydra/*.yaml``
 files, callbacks, environment, working directory, job logging), minus what only costs here:
-``run_job`` copies the whole config three more times (twice for ``HydraConfig``, once for the
-task's copy) and the ``hydra`` node once more, where this job's config is already a private
-copy; and the logging is rebuilt from scratch twice per job (the job's config, then Hydra's
-own back), where :class:`_Logging` switches between the handler sets each config built once.
+``run_job`` copies the ``hydra`` node four times (twice for ``HydraConfig``, once in the
+task's copy of the whole config, once for the job's return), where this job's config is a
+private copy already (the task's part comes from a copy cached per structure); and the logging
+is rebuilt from scratch twice per job (the job's config, then Hydra's own back), where
+:class:`_Logging` switches between the handler sets each config built once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.conf import HydraConf
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -43,7 +45,7 @@ from hydra.core.utils import (
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +158,12 @@ class InProcessJobs:
         hydra_config = HydraConfig.instance()
         old_cwd = os.getcwd()
         orig_hydra_cfg = hydra_config.cfg
-        hydra_config.set_config(cfg)  # Hydra's view: its own copy of the hydra node
-        view: Any = hydra_config.cfg
-        assert view is not None
+        view: Any = _hydra_view(cfg)
+        hydra_config.cfg = view
         output_dir = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
                                   str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
-        for node in (cfg, view):  # run_job sets it, then copies the config into the view again
-            with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
-                node.hydra.runtime.output_dir = os.path.abspath(output_dir)
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):  # the view's too
+            cfg.hydra.runtime.output_dir = os.path.abspath(output_dir)
         chdir = None
         try:
             ret = JobReturn()
@@ -205,6 +205,21 @@ class InProcessJobs:
             hydra_config.cfg = orig_hydra_cfg
             if chdir:
                 os.chdir(old_cwd)
+
+
+def _hydra_view(cfg: DictConfig) -> DictConfig:
+    """What ``HydraConfig.set_config(cfg)`` makes ``HydraConfig.cfg``: ``{hydra: cfg.hydra}``,
+    read-only, its parent ``cfg`` (interpolations from the hydra node reach the app's keys),
+    sharing cfg's hydra node where Hydra copies it (this job owns ``cfg``)."""
+    node = cfg._get_node("hydra")
+    assert isinstance(node, DictConfig) and issubclass(
+        OmegaConf.get_type(node) or object, HydraConf)
+    OmegaConf.set_readonly(node, True)
+    view = OmegaConf.create()
+    with flag_override(view, "no_deepcopy_set_nodes", True):
+        view["hydra"] = node
+    node._set_parent(cfg)
+    return view
 
 
 def _task_part(cfg: DictConfig) -> DictConfig:

@@ -343,7 +343,7 @@ class SlotLoop:
         tid = slot.trial_id
         for key, value in record_attrs(self.plan, result).items():
             storage.set_trial_user_attr(tid, key, value)
-        if result.output_dir:  # artifacts are uploaded while the trial still runs
+        if result.output_dir and not self.plan.in_memory:  # while the trial still runs
             _upload_artifacts(self.study, tid, Path(result.output_dir), self.plan.storage_url)
 
     def _tell_study(self, trial: optuna.Trial, values: Any = None, *,

@@ -48,8 +48,8 @@ def outcome(rets: Sequence[JobReturn], n_objectives: int) -> Outcome:
     first = rets[0]
     where: dict[str, Any] = {}
     if first.hydra_cfg is not None:
-        out = OmegaConf.select(first.hydra_cfg, "hydra.runtime.output_dir", default=None)
-        job_id = OmegaConf.select(first.hydra_cfg, "hydra.job.id", default=None)
+        hydra = first.hydra_cfg.hydra  # set by run_job: plain values, no interpolation
+        out, job_id = hydra.runtime.get("output_dir"), hydra.job.get("id")
         where = {"output_dir": str(out) if out else None,
                  "job_id": str(job_id) if job_id is not None else None}
     per_fold: list[list[float]] = []
