@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import clean_env, run_cli
+from hpo import attrs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEARCH = ["x=interval(-5, 5)", "y=range(0, 3)", "kind=a,b"]
@@ -51,7 +53,16 @@ def test_sqlite_sweep_budget_rerun_and_extend(quadratic_app: str, tmp_path: Path
         expected = (t.params["x"] - 2) ** 2 + (t.params["kind"] != "a") + t.params["y"]
         assert t.value == pytest.approx(expected)
     # a plain app has no `agent` node: the classical sampler (TPE) is used, no LLM provenance
-    assert all("hpo:source" not in t.user_attrs for t in trials)
+    assert all(attrs.SOURCE not in t.user_attrs for t in trials)
+    # one write per launch; the output dir is derived, and it is the job's
+    for t in trials:
+        assert attrs.launch_driver(t.user_attrs) and attrs.OUTPUT_DIR not in t.user_attrs
+        out = Path(str(attrs.trial_output_dir(t.number, t.user_attrs, study.user_attrs)))
+        assert out == tmp_path / "multirun" / "quadratic" / str(t.number)
+        assert (out / ".hydra" / "overrides.yaml").is_file()
+    # the jobs ran on this host: the driver put the file in WAL mode
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
     # the same command again: the budget is already met
     out = sweep(quadratic_app, tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2")

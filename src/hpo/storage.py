@@ -85,8 +85,9 @@ def open_storage(url: str | None, *, wal: bool = False) -> BaseStorage:
 def _sqlite_storage(url: str, *, wal: bool) -> BaseStorage:
     base, pragmas = split_sqlite_pragmas(url)
     db = base[len(SQLITE_PREFIX):].split("?", 1)[0]
-    if db and db != ":memory:":
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
+    if db in ("", ":memory:"):  # one connection holds the database: no pragmas, no new pool
+        return _rdb_storage(base, {})
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
     storage = _rdb_storage(base, {})
     journal = pragmas.get("journal_mode") or ("wal" if wal else None)
     synchronous = pragmas.get("synchronous")
