@@ -241,10 +241,9 @@ def main() -> int:
         f"load: 1-minute load average at the end of the kept run (min {min(loads):.1f}, "
         f"max {max(loads):.1f} over the kept runs)",
     ]
-    targets = _targets(results, sizes)
     table.print()
-    targets.print()
-    write_json(args.json, [table, targets])
+    _targets(results, sizes).print()  # on stdout only: the JSON keeps the one table it has
+    write_json(args.json, [table])
     return 0
 
 
