@@ -11,11 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.errors import ConfigError, SearchSpaceError
+from hydra_plugins.hpo_sweeper._dryrun import describe
 from hydra_plugins.hpo_sweeper._plan import (
     LauncherFacts,
     SweepPlan,
@@ -220,3 +222,32 @@ def test_an_agent_node_plans_the_llm_sampler_with_anonymized_names() -> None:
     explicit = plan_of("optimizer.lr=interval(0, 1)", config=with_choice,
                        sampler={"_target_": "optuna.samplers.RandomSampler"})
     assert explicit.sampler.agent is None
+
+
+def test_the_dry_run_prints_the_plan_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    plan = plan_of("optimizer.lr=interval(0, 1)", "model=mlp,cnn", "seed=7",
+                   storage=f"sqlite:///{db}", n_jobs=2, n_trials=5, fallback_sampler=None)
+    batch = describe(plan)
+    out = capsys.readouterr().out
+    assert not db.exists()  # a study that does not exist yet is not created
+    assert len(batch) == 2 and all(b[0] == "seed=7" for b in batch)
+    assert "DRY RUN: study 'hpo' holds 0 trial(s) of n_trials=5" in out
+    assert f"  trial 1: {' '.join(batch[1])}" in out and "sbatch" not in out
+    # a study in storage: the dry run starts after its trials, within the budget
+    study = optuna.create_study(study_name="hpo", storage=f"sqlite:///{db}")
+    for lr in (0.1, 0.2, 0.3, 0.4):
+        study.enqueue_trial({"optimizer.lr": lr, "model": "mlp"})
+        trial = study.ask(plan.distributions)
+        study.tell(trial, lr)
+    assert len(describe(plan)) == 1
+    assert "holds 4 trial(s) of n_trials=5; the first 1 trial(s)" in capsys.readouterr().out
+    # on SLURM the sbatch script of the first trial follows, from the launcher's parameters
+    slurm = plan_of("optimizer.lr=interval(0, 1)", launcher=SLURM, storage="memory",
+                    fallback_sampler=None)
+    describe(slurm)
+    out = capsys.readouterr().out
+    assert "sbatch script that would be submitted for the first trial:" in out
+    assert "debug" in out  # the partition
