@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT, clean_env, run_cli
 from hpo import trial_context
+from hpo.attrs import trial_output_dir
 from hpo.errors import ConfigError, MetricNotFoundError
 from hpo.tasks.command import (
     LOG_FILE,
@@ -502,7 +503,7 @@ def test_cli_sweep_of_the_toy_script(tmp_path: Path) -> None:
         assert t.intermediate_values[2] == pytest.approx(t.value, abs=1e-6)
         assert sorted(t.user_attrs["per_class"]["f1"]) == [str(i) for i in range(10)]
         assert {"train/loss", "val/acc"} <= set(t.user_attrs["curves"])
-        out = Path(t.user_attrs["hpo:output_dir"])
+        out = Path(str(trial_output_dir(t.number, t.user_attrs, study.user_attrs)))
         assert (out / LOG_FILE).is_file() and (out / "metrics.json").is_file()
     assert trials[0].params["command.params.lr"] == pytest.approx(1e-3)  # baseline first
 
@@ -544,7 +545,8 @@ def test_cli_command_line_only(tmp_path: Path) -> None:
     assert study.metric_names == ["val/acc"]
     for t in study.trials:
         assert t.state.name == "COMPLETE" and 0.0 < t.value <= 1.0
-        log_text = (Path(t.user_attrs["hpo:output_dir"]) / "command.log").read_text()
+        out = Path(str(trial_output_dir(t.number, t.user_attrs, study.user_attrs)))
+        log_text = (out / "command.log").read_text()
         assert f"--lr={t.params['command.params.lr']!r}" in log_text
 
 

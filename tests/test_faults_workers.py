@@ -26,6 +26,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import clean_env, run_cli
+from hpo.attrs import LAUNCH
 from hpo.testing import FakeLLMServer, FakeReply, RecordedRequest, random_proposer
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -150,7 +151,7 @@ def test_llm_sweep_resumes_after_driver_sigkill(server: FakeLLMServer, tmp_path:
             # a RUNNING trial with its overrides set has been sampled: it is in training, and
             # no LLM request is in flight (n_jobs=1)
             busy = [t for t in ts if t.state == TrialState.RUNNING
-                    and "hpo:overrides" in t.user_attrs]
+                    and LAUNCH in t.user_attrs]
             return len(done) >= 2 and bool(busy)
 
         wait_for(training_after_two_done, 240, "two trials finished", proc)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import clean_env, run_cli
+from hpo.attrs import trial_output_dir
 from hpo.errors import ConfigError, DataUnavailableError
 from hpo.tasks.forecast import ForecastModule
 from hpo.tasks.series import (
@@ -186,6 +187,6 @@ def test_cli_forecast_sweep(tmp_path: Path) -> None:
         assert 0.0 < t.value < 10.0
         assert "model.d_model" in t.params and "data.input_len" in t.params
         assert t.user_attrs["curves"]["val/mse"]
-        out = Path(t.user_attrs["hpo:output_dir"])
+        out = Path(str(trial_output_dir(t.number, t.user_attrs, study.user_attrs)))
         assert (out / "metrics.csv").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
     assert study.trials[0].params["model.d_model"] == 64  # the baseline: config defaults

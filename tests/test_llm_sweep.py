@@ -21,6 +21,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import clean_env, run_cli
+from hpo.attrs import trial_output_dir
 from hpo.testing import FakeLLMServer, FakeReply, RecordedRequest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -160,8 +161,8 @@ def test_openai_trials_are_baseline_then_the_proposals(openai_sweep: Sweep) -> N
         assert t.user_attrs["hpo:rationale"] == rationale(p)
     # the values reached the training: the trial's composed config has them
     for t in trials[1:]:
-        cfg = yaml.safe_load((Path(t.user_attrs["hpo:output_dir"]) / ".hydra/config.yaml")
-                             .read_text())
+        out = trial_output_dir(t.number, t.user_attrs, openai_sweep.study.user_attrs)
+        cfg = yaml.safe_load((Path(str(out)) / ".hydra/config.yaml").read_text())
         assert cfg["optimizer"]["lr"] == t.params["optimizer.lr"]
         assert cfg["optimizer"]["weight_decay"] == t.params["optimizer.weight_decay"]
         assert cfg["data"]["batch_size"] == t.params["data.batch_size"]

@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT, clean_env, run_cli
+from hpo.attrs import launch_overrides
 from hpo.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,7 +96,7 @@ def test_nas_trials_carry_only_their_models_params(tmp_path: Path) -> None:
         models.add(model)
         assert set(t.params) == COMMON | OWN[model], (t.number, t.params)
         # the job ran with those parameters (and no other model's)
-        overrides = t.user_attrs["hpo:overrides"]
+        overrides = launch_overrides(t.user_attrs) or []
         assert f"model={model}" in overrides
         other = set().union(*OWN.values()) - OWN[model]
         assert not [o for o in overrides if o.lstrip("+").split("=")[0] in other]

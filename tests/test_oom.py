@@ -23,6 +23,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from conftest import clean_env, run_cli
+from hpo.attrs import trial_output_dir
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.slow
@@ -41,7 +42,11 @@ def oom_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[FrozenTria
          f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={root / 'sweep'}"],
         cwd=root, env=clean_env(), timeout=600,
     )
-    trials = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}").trials
+    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}")
+    trials = study.trials
+    for t in trials:  # the output dir as hpo.attrs derives it, for the tests below
+        out = trial_output_dir(t.number, t.user_attrs, study.user_attrs)
+        t.user_attrs["test:output_dir"] = out
     return trials, proc.stdout + proc.stderr
 
 
@@ -65,7 +70,7 @@ def test_oom_steps_down_and_the_trial_completes(oom_sweep: tuple[list[FrozenTria
     assert t.user_attrs["hpo:batch_size_used"] == 16
     assert t.value is not None and 0.0 <= t.value <= 1.0
     # each step down is logged
-    log = (Path(t.user_attrs["hpo:output_dir"]) / "train.log").read_text()
+    log = (Path(t.user_attrs["test:output_dir"]) / "train.log").read_text()
     assert "out of memory at data.batch_size=64: retrying with 32" in log
     assert "out of memory at data.batch_size=32: retrying with 16" in log
 

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from _services import fresh_database
 from conftest import APPS, clean_env
+from hpo.attrs import launch_driver
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def assert_no_lost_tells(run: Run, n_trials: int) -> None:
     assert len(trials) >= n_trials
     for t in trials:  # each tell carries its own trial's value
         assert t.value == pytest.approx(app_value(t))
-    drivers = {t.user_attrs["hpo:driver"] for t in trials}
+    drivers = {launch_driver(t.user_attrs) for t in trials}
     assert len(drivers) == len(run.codes)  # every driver took part
 
 

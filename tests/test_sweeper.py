@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import clean_env, run_cli
+from hpo import attrs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEARCH = ["x=interval(-5, 5)", "y=range(0, 3)", "kind=a,b"]
@@ -51,7 +53,16 @@ def test_sqlite_sweep_budget_rerun_and_extend(quadratic_app: str, tmp_path: Path
         expected = (t.params["x"] - 2) ** 2 + (t.params["kind"] != "a") + t.params["y"]
         assert t.value == pytest.approx(expected)
     # a plain app has no `agent` node: the classical sampler (TPE) is used, no LLM provenance
-    assert all("hpo:source" not in t.user_attrs for t in trials)
+    assert all(attrs.SOURCE not in t.user_attrs for t in trials)
+    # one write per launch; the output dir is derived, and it is the job's
+    for t in trials:
+        assert attrs.launch_driver(t.user_attrs) and attrs.OUTPUT_DIR not in t.user_attrs
+        out = Path(str(attrs.trial_output_dir(t.number, t.user_attrs, study.user_attrs)))
+        assert out == tmp_path / "multirun" / "quadratic" / str(t.number)
+        assert (out / ".hydra" / "overrides.yaml").is_file()
+    # the jobs ran on this host: the driver put the file in WAL mode
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
     # the same command again: the budget is already met
     out = sweep(quadratic_app, tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2")
@@ -198,3 +209,62 @@ def test_fast_in_process_jobs_get_the_config_hydra_would_compose(
 
     for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
         assert text(fast, name) == text(full, name), name
+
+
+LOGGING_APP = '''
+import logging
+
+import hydra
+
+log = logging.getLogger("trialapp")
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def main(cfg):
+    log.info("job says x=%s", cfg.x)
+    logging.getLogger("trialapp.debug").debug("hidden unless verbose")
+    return float(cfg.x) ** 2
+
+
+if __name__ == "__main__":
+    main()
+'''
+LOGGING_CONFIG = '''
+defaults:
+  - override hydra/sweeper: hpo
+  - _self_
+x: 0.0
+hydra:
+  sweeper: {study_name: logs, n_trials: 4, storage: memory, seed: 2, progress: false}
+  sweep: {dir: "${oc.env:HPO_TEST_SWEEP_DIR}", subdir: "${hydra.job.num}"}
+'''
+
+
+def test_fast_in_process_jobs_log_as_hydra_jobs_do(tmp_path: Path) -> None:
+    """Each trial's log file holds its job's lines only; the driver logs in Hydra's format."""
+    (tmp_path / "app.py").write_text(LOGGING_APP)
+    (tmp_path / "config.yaml").write_text(LOGGING_CONFIG)
+
+    def run(mode: str) -> tuple[Path, str]:
+        out = tmp_path / mode
+        proc = run_cli(
+            [str(tmp_path / "app.py"), "-m", "x=interval(-1, 1)",
+             f"hydra.sweeper.fast_inprocess={mode == 'fast'}"],
+            cwd=tmp_path, env=clean_env(HPO_TEST_SWEEP_DIR=str(out)),
+        )
+        return out, proc.stdout
+
+    def strip_times(text: str) -> list[str]:
+        return [ln.split("]", 1)[1] for ln in text.splitlines() if ln.startswith("[")]
+
+    (fast, fast_out), (full, full_out) = run("fast"), run("full")
+    for n in range(4):
+        fast_log = (fast / str(n) / "app.log").read_text()
+        assert strip_times(fast_log) == strip_times((full / str(n) / "app.log").read_text())
+        lines = strip_times(fast_log)
+        assert len(lines) == 1 and lines[0].startswith("[trialapp][INFO] - job says x=")
+    # the driver's lines between jobs are Hydra's ([HYDRA] ...), on the console only
+    for out in (fast_out, full_out):
+        finished = [ln for ln in out.splitlines() if "trial 3 finished in" in ln]
+        assert len(finished) == 1 and "][HYDRA] trial 3 finished in" in finished[0]
+        assert out.count("job says x=") == 4

@@ -20,6 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from conftest import REPO_ROOT, clean_env, run_cli
+from hpo.attrs import trial_output_dir
 from hpo.train import config_dir
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -164,7 +165,8 @@ def test_sweep_stores_six_trials_with_real_distributions(swept: Path) -> None:
         assert t.distributions["model"] == CategoricalDistribution(["mlp", "cnn"])
         assert 0.0 <= t.value <= 1.0
         assert sorted(t.intermediate_values) == [0, 1]  # per-epoch values from the job
-        assert t.user_attrs["hpo:output_dir"].endswith(f"trial_{t.number}")
+        assert str(trial_output_dir(t.number, t.user_attrs, study.user_attrs)).endswith(
+            f"trial_{t.number}")
     baseline = trials[0]
     assert baseline.params == {"optimizer.lr": 1e-3, "model": "mlp"}  # config defaults first
     assert baseline.user_attrs["hpo:source"] == "baseline"

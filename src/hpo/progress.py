@@ -28,6 +28,20 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.attrs import (
+    COST_USD,
+    COST_USD_TOTAL,
+    ERROR,
+    FALLBACK_TOTAL,
+    LLM_CALLS_TOTAL,
+    RATIONALE,
+    SOURCE,
+    TOKENS_IN,
+    TOKENS_IN_TOTAL,
+    TOKENS_OUT,
+    TOKENS_OUT_TOTAL,
+)
+
 __all__ = ["NO_RICH_ENV", "SweepProgress", "format_trial_line"]
 
 log = logging.getLogger(__name__)
@@ -35,18 +49,6 @@ log = logging.getLogger(__name__)
 NO_RICH_ENV = "HPO_NO_RICH"
 RATIONALE_CHARS = 80
 
-# Attribute names written by the sampler (hpo.samplers) and the sweeper.
-_SOURCE = "hpo:source"
-_RATIONALE = "hpo:rationale"
-_TOKENS_IN = "hpo:tokens_in"
-_TOKENS_OUT = "hpo:tokens_out"
-_COST = "hpo:cost_usd"
-_ERROR = "hpo:error"
-_TOKENS_IN_TOTAL = "hpo:tokens_in_total"
-_TOKENS_OUT_TOTAL = "hpo:tokens_out_total"
-_COST_TOTAL = "hpo:cost_usd_total"
-_CALLS_TOTAL = "hpo:llm_calls_total"
-_FALLBACK_TOTAL = "hpo:fallback_total"
 
 
 class SweepProgress:
@@ -118,7 +120,7 @@ class SweepProgress:
         try:
             self._count_finished(frozen)
             self._remember_proposal(frozen)
-            if "hpo:source" in frozen.user_attrs:  # LLMSampler trials move the study totals
+            if SOURCE in frozen.user_attrs:  # LLMSampler trials move the study totals
                 storage = self.study._storage
                 self.totals = dict(storage.get_study_user_attrs(self.study._study_id))
             if self._live is None:
@@ -169,15 +171,15 @@ class SweepProgress:
             if self.last_rationale:
                 last.append(" — " + _one_line(self.last_rationale, RATIONALE_CHARS), "italic")
             grid.add_row("last", last)
-        if any(key in self.totals for key in (_CALLS_TOTAL, _TOKENS_IN_TOTAL, _COST_TOTAL,
-                                              _FALLBACK_TOTAL)):
-            tokens = int(self.totals.get(_TOKENS_IN_TOTAL, 0) or 0) + int(
-                self.totals.get(_TOKENS_OUT_TOTAL, 0) or 0
+        if any(key in self.totals for key in (LLM_CALLS_TOTAL, TOKENS_IN_TOTAL, COST_USD_TOTAL,
+                                              FALLBACK_TOTAL)):
+            tokens = int(self.totals.get(TOKENS_IN_TOTAL, 0) or 0) + int(
+                self.totals.get(TOKENS_OUT_TOTAL, 0) or 0
             )
             grid.add_row("LLM", Text(
-                f"{int(self.totals.get(_CALLS_TOTAL, 0) or 0)} calls · {tokens:,} tokens · "
-                f"${float(self.totals.get(_COST_TOTAL, 0.0) or 0.0):.4f} · "
-                f"{int(self.totals.get(_FALLBACK_TOTAL, 0) or 0)} fallback"
+                f"{int(self.totals.get(LLM_CALLS_TOTAL, 0) or 0)} calls · {tokens:,} tokens · "
+                f"${float(self.totals.get(COST_USD_TOTAL, 0.0) or 0.0):.4f} · "
+                f"{int(self.totals.get(FALLBACK_TOTAL, 0) or 0)} fallback"
             ))
         title = Text(f"hpo sweep {self.study.study_name} · {elapsed}")
         return Panel(grid, title=title, expand=False)
@@ -217,8 +219,8 @@ class SweepProgress:
     def _remember_proposal(self, frozen: FrozenTrial) -> None:
         attrs = frozen.user_attrs
         self.last_number = frozen.number
-        self.last_source = attrs.get(_SOURCE)
-        rationale = attrs.get(_RATIONALE)
+        self.last_source = attrs.get(SOURCE)
+        rationale = attrs.get(RATIONALE)
         self.last_rationale = str(rationale) if rationale else None
 
     def _start_live(self) -> None:
@@ -270,19 +272,19 @@ def format_trial_line(
     best_text = " / ".join(f"{_num(b[0])} #{b[1]}" for b in best if b is not None)
     if best_text:
         parts.append(f"(best {best_text})")
-    source = attrs.get(_SOURCE)
+    source = attrs.get(SOURCE)
     if source:
         parts.append(f"source={source}")
-    if _TOKENS_IN in attrs or _TOKENS_OUT in attrs:
-        tokens = int(attrs.get(_TOKENS_IN, 0) or 0) + int(attrs.get(_TOKENS_OUT, 0) or 0)
+    if TOKENS_IN in attrs or TOKENS_OUT in attrs:
+        tokens = int(attrs.get(TOKENS_IN, 0) or 0) + int(attrs.get(TOKENS_OUT, 0) or 0)
         parts.append(f"{tokens} tok")
-    if _COST in attrs:
-        parts.append(f"${float(attrs.get(_COST) or 0.0):.4f}")
+    if COST_USD in attrs:
+        parts.append(f"${float(attrs.get(COST_USD) or 0.0):.4f}")
     line = " ".join(parts)
-    error = attrs.get(_ERROR)
+    error = attrs.get(ERROR)
     if frozen.state == TrialState.FAIL and error:
         line += f" error: {_one_line(str(error), 120)}"
-    rationale = attrs.get(_RATIONALE)
+    rationale = attrs.get(RATIONALE)
     if rationale:
         line += " — " + _one_line(str(rationale), RATIONALE_CHARS)
     return line

@@ -37,6 +37,20 @@ from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.attrs import (
+    COST_USD,
+    COST_USD_TOTAL,
+    CURVES,
+    ERROR,
+    FALLBACK_TOTAL,
+    LLM_CALLS_TOTAL,
+    RATIONALE,
+    SOURCE,
+    TOKENS_IN,
+    TOKENS_IN_TOTAL,
+    TOKENS_OUT,
+    TOKENS_OUT_TOTAL,
+)
 from hpo.errors import ConfigError, HPOError, first_line
 from hpo.samplers import llm_share_summary
 from hpo.storage import load_existing_study, open_existing
@@ -175,24 +189,24 @@ def leaderboard_rows(study: optuna.Study) -> list[dict[str, Any]]:
         for p in params:
             row[f"params_{p}"] = t.params.get(p, "")
         attrs = t.user_attrs
-        row["source"] = attrs.get("hpo:source", "")
+        row["source"] = attrs.get(SOURCE, "")
         tokens = _tokens(t)
         row["tokens"] = tokens if tokens is not None else ""
-        cost = attrs.get("hpo:cost_usd")
+        cost = attrs.get(COST_USD)
         row["cost_usd"] = float(cost) if cost is not None else ""
         row["duration_s"] = (round(t.duration.total_seconds(), 3)
                              if t.duration is not None else "")
-        row["rationale"] = " ".join(str(attrs.get("hpo:rationale", "") or "").split())
-        row["error"] = " ".join(str(attrs.get("hpo:error", "") or "").split())
+        row["rationale"] = " ".join(str(attrs.get(RATIONALE, "") or "").split())
+        row["error"] = " ".join(str(attrs.get(ERROR, "") or "").split())
         rows.append(row)
     return rows
 
 
 def _tokens(t: FrozenTrial) -> int | None:
     attrs = t.user_attrs
-    if "hpo:tokens_in" not in attrs and "hpo:tokens_out" not in attrs:
+    if TOKENS_IN not in attrs and TOKENS_OUT not in attrs:
         return None
-    return int(attrs.get("hpo:tokens_in") or 0) + int(attrs.get("hpo:tokens_out") or 0)
+    return int(attrs.get(TOKENS_IN) or 0) + int(attrs.get(TOKENS_OUT) or 0)
 
 
 def _write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
@@ -222,7 +236,7 @@ def _figure(n_panels: int = 1, *, ncols: int | None = None, width: float = 6.4,
 
 
 def _source(t: FrozenTrial) -> str:
-    return str(t.user_attrs.get("hpo:source") or "unknown")
+    return str(t.user_attrs.get(SOURCE) or "unknown")
 
 
 def _source_color(source: str) -> str:
@@ -372,7 +386,7 @@ def _plot_parallel(ctx: _Context) -> Any:
 
 
 def _curve_series(t: FrozenTrial, metric: str | None) -> tuple[list[float], list[float]] | None:
-    curves = t.user_attrs.get("curves")
+    curves = t.user_attrs.get(CURVES)
     if metric is not None and isinstance(curves, dict) and isinstance(curves.get(metric), list):
         ys = [math.nan if v is None else float(v) for v in curves[metric]]
         epochs = curves.get("epoch")
@@ -390,8 +404,8 @@ def _plot_learning_curves(ctx: _Context) -> Any:
     if not top:
         raise _Skip("no complete trial yet")
     metrics: list[tuple[str | None, str]] = []
-    keys = {k for t in top if isinstance(t.user_attrs.get("curves"), dict)
-            for k in t.user_attrs["curves"]}
+    keys = {k for t in top if isinstance(t.user_attrs.get(CURVES), dict)
+            for k in t.user_attrs[CURVES]}
     objective = ctx.names[0]
     if objective in keys:
         metrics.append((objective, objective))
@@ -498,7 +512,7 @@ def _plot_best_by_choice(ctx: _Context) -> Any:
 
 
 def _plot_by_source(ctx: _Context) -> Any:
-    if not any("hpo:source" in t.user_attrs for t in ctx.trials):
+    if not any(SOURCE in t.user_attrs for t in ctx.trials):
         raise _Skip("no trial records a proposal source (hpo:source)")
     if not ctx.complete:
         raise _Skip("no complete trial yet")
@@ -527,13 +541,13 @@ def _plot_by_source(ctx: _Context) -> Any:
 
 def _plot_tokens_cost(ctx: _Context) -> Any:
     with_tokens = [t for t in sorted(ctx.trials, key=lambda t: t.number)
-                   if _tokens(t) is not None or "hpo:cost_usd" in t.user_attrs]
+                   if _tokens(t) is not None or COST_USD in t.user_attrs]
     if not with_tokens:
         raise _Skip("no trial records LLM tokens (all proposals came without an LLM)")
     numbers = [t.number for t in with_tokens]
-    t_in = [int(t.user_attrs.get("hpo:tokens_in") or 0) for t in with_tokens]
-    t_out = [int(t.user_attrs.get("hpo:tokens_out") or 0) for t in with_tokens]
-    costs = [float(t.user_attrs.get("hpo:cost_usd") or 0.0) for t in with_tokens]
+    t_in = [int(t.user_attrs.get(TOKENS_IN) or 0) for t in with_tokens]
+    t_out = [int(t.user_attrs.get(TOKENS_OUT) or 0) for t in with_tokens]
+    costs = [float(t.user_attrs.get(COST_USD) or 0.0) for t in with_tokens]
     fig, (ax,) = _figure(1, width=8.0, height=4.2)
     ax.bar(numbers, t_in, color="#1f77b4", label="tokens in")
     ax.bar(numbers, t_out, bottom=t_in, color="#aec7e8", label="tokens out")
@@ -549,7 +563,7 @@ def _plot_tokens_cost(ctx: _Context) -> Any:
     ax2.plot(numbers, cumulative, color="#d62728", marker="o", markersize=3,
              label="cumulative cost")
     ax2.set_ylabel("cumulative cost (USD)")
-    total = ctx.study.user_attrs.get("hpo:cost_usd_total")
+    total = ctx.study.user_attrs.get(COST_USD_TOTAL)
     title = "LLM tokens and cost per trial"
     if total is not None:
         title += f" (study total ${float(total):.4f})"
@@ -720,16 +734,16 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
             summary.append(("Pareto front", ", ".join(
                 f"#{t.number}" for t in _pareto(study, ctx.complete))))
     attrs = study.user_attrs
-    if "hpo:llm_calls_total" in attrs or "hpo:cost_usd_total" in attrs:
-        tokens = int(attrs.get("hpo:tokens_in_total") or 0) + int(
-            attrs.get("hpo:tokens_out_total") or 0)
-        summary.append(("LLM", f"{int(attrs.get('hpo:llm_calls_total') or 0)} calls, "
+    if LLM_CALLS_TOTAL in attrs or COST_USD_TOTAL in attrs:
+        tokens = int(attrs.get(TOKENS_IN_TOTAL) or 0) + int(
+            attrs.get(TOKENS_OUT_TOTAL) or 0)
+        summary.append(("LLM", f"{int(attrs.get(LLM_CALLS_TOTAL) or 0)} calls, "
                                f"{tokens:,} tokens, "
-                               f"${float(attrs.get('hpo:cost_usd_total') or 0.0):.4f}, "
-                               f"{int(attrs.get('hpo:fallback_total') or 0)} fallback trials"))
+                               f"${float(attrs.get(COST_USD_TOTAL) or 0.0):.4f}, "
+                               f"{int(attrs.get(FALLBACK_TOTAL) or 0)} fallback trials"))
     sources: dict[str, int] = {}
     for t in ctx.trials:
-        if "hpo:source" in t.user_attrs:
+        if SOURCE in t.user_attrs:
             sources[_source(t)] = sources.get(_source(t), 0) + 1
     if sources:
         summary.append(("sources", ", ".join(f"{k}: {v}" for k, v in sorted(sources.items()))))
@@ -825,7 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({n} plot{'s' * (n != 1)}, leaderboard {report.leaderboard})")
     for name, why in report.skipped.items():
         print(f"  {name}: skipped ({why})")
-    if any("hpo:source" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+    if any(SOURCE in t.user_attrs for t in study.get_trials(deepcopy=False)):
         print(f"proposals: {llm_share_summary(study)}")
     return 0
 

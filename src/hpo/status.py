@@ -34,6 +34,22 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.attrs import (
+    COST_USD_TOTAL,
+    ERROR,
+    JOB_ID,
+    LLM_CALLS_TOTAL,
+    PRUNED_AT_EPOCH,
+    RESUMED_FROM_EPOCH,
+    RETRIED,
+    RETRY_OF,
+    SLURM_JOB_ID,
+    SLURM_STATE,
+    SOURCE,
+    TOKENS_IN_TOTAL,
+    TOKENS_OUT_TOTAL,
+    launch_overrides,
+)
 from hpo.errors import ConfigError, HPOError
 from hpo.storage import load_existing_study, open_existing
 
@@ -49,7 +65,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-A_SLURM_STATE = "hpo:slurm_state"
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
           TrialState.WAITING)
 _SACCT_TIMEOUT_S = 20
@@ -82,11 +97,11 @@ def trial_job_id(t: FrozenTrial) -> str | None:
     """The SLURM job id of a trial: ``hpo:slurm_job_id`` (written by the job itself),
     ``hpo:job_id`` (written by the sweeper when the job returned), or the id named in
     ``hpo:error`` for a job that was lost. None when it ran elsewhere or is unknown."""
-    for key in ("hpo:slurm_job_id", "hpo:job_id"):
+    for key in (SLURM_JOB_ID, JOB_ID):
         value = t.user_attrs.get(key)
         if value is not None and _JOB_ID.match(str(value)):
             return str(value)
-    m = _JOB_IN_ERROR.search(str(t.user_attrs.get("hpo:error", "")))
+    m = _JOB_IN_ERROR.search(str(t.user_attrs.get(ERROR, "")))
     return m.group(1) if m else None
 
 
@@ -139,12 +154,12 @@ def _store_slurm_states(study: optuna.Study, trials: Sequence[FrozenTrial],
         if t.state != TrialState.RUNNING or job not in states:
             continue
         state = states[job].state
-        if t.user_attrs.get(A_SLURM_STATE) == state:
+        if t.user_attrs.get(SLURM_STATE) == state:
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, A_SLURM_STATE, state)
+            storage.set_trial_user_attr(t._trial_id, SLURM_STATE, state)
         except Exception as exc:  # it finished meanwhile, or the storage is read-only
-            log.debug("cannot store %s on trial %d: %s", A_SLURM_STATE, t.number, exc)
+            log.debug("cannot store %s on trial %d: %s", SLURM_STATE, t.number, exc)
 
 
 # ------------------------------------------------------------------------------ text
@@ -281,12 +296,12 @@ def trials_text(study: optuna.Study, *, slurm: dict[str, SlurmJobState] | None =
         f"best: {_best(study, trials) or '-'}",
     ]
     totals = study.user_attrs
-    if "hpo:llm_calls_total" in totals:
+    if LLM_CALLS_TOTAL in totals:
         lines.append(
-            f"LLM: {totals.get('hpo:llm_calls_total', 0)} calls, "
-            f"{totals.get('hpo:tokens_in_total', 0)} tokens in, "
-            f"{totals.get('hpo:tokens_out_total', 0)} out, "
-            f"${float(totals.get('hpo:cost_usd_total', 0.0) or 0.0):.4f}"
+            f"LLM: {totals.get(LLM_CALLS_TOTAL, 0)} calls, "
+            f"{totals.get(TOKENS_IN_TOTAL, 0)} tokens in, "
+            f"{totals.get(TOKENS_OUT_TOTAL, 0)} out, "
+            f"${float(totals.get(COST_USD_TOTAL, 0.0) or 0.0):.4f}"
         )
     if not trials:
         return "\n".join(lines)
@@ -297,9 +312,9 @@ def trials_text(study: optuna.Study, *, slurm: dict[str, SlurmJobState] | None =
         job = trial_job_id(t)
         sj = slurm.get(job) if job else None
         slurm_cell = (f"{sj.state} {sj.elapsed} exit {sj.exit_code}" if sj else
-                      t.user_attrs.get(A_SLURM_STATE))
+                      t.user_attrs.get(SLURM_STATE))
         rows.append([
-            t.number, t.state.name, _values(t), t.user_attrs.get("hpo:source"),
+            t.number, t.state.name, _values(t), t.user_attrs.get(SOURCE),
             _duration(t, now), job, slurm_cell, _note(t),
         ])
     lines += ["", _table(headers, rows)]
@@ -309,16 +324,16 @@ def trials_text(study: optuna.Study, *, slurm: dict[str, SlurmJobState] | None =
 def _note(t: FrozenTrial) -> str | None:
     attrs = t.user_attrs
     parts = []
-    if "hpo:retry_of" in attrs:
-        parts.append(f"retry of #{attrs['hpo:retry_of']}")
-    if attrs.get("hpo:retried"):
+    if RETRY_OF in attrs:
+        parts.append(f"retry of #{attrs[RETRY_OF]}")
+    if attrs.get(RETRIED):
         parts.append("retried")
-    if "hpo:resumed_from_epoch" in attrs:
-        parts.append(f"resumed at epoch {attrs['hpo:resumed_from_epoch']}")
-    if "pruned_at_epoch" in attrs:
-        parts.append(f"pruned at epoch {attrs['pruned_at_epoch']}")
-    if attrs.get("hpo:error"):
-        parts.append(_short(str(attrs["hpo:error"]), 80))
+    if RESUMED_FROM_EPOCH in attrs:
+        parts.append(f"resumed at epoch {attrs[RESUMED_FROM_EPOCH]}")
+    if PRUNED_AT_EPOCH in attrs:
+        parts.append(f"pruned at epoch {attrs[PRUNED_AT_EPOCH]}")
+    if attrs.get(ERROR):
+        parts.append(_short(str(attrs[ERROR]), 80))
     return "; ".join(parts) or None
 
 
@@ -330,7 +345,7 @@ def _model_of(t: FrozenTrial) -> str | None:
     """The trial's ``model`` choice: a searched param, else its fixed ``model=`` override."""
     if "model" in t.params:
         return str(t.params["model"])
-    for o in t.user_attrs.get("hpo:overrides") or []:
+    for o in launch_overrides(t.user_attrs) or []:
         key, _, value = str(o).lstrip("+").partition("=")
         if key == "model":
             return value
@@ -350,7 +365,7 @@ def leaderboard_text(study: optuna.Study, *, top: int = 10) -> str:
     headers = ["rank", "#", names, *(["pareto"] if multi else []), "source", "params"]
     rows = [
         [i + 1, t.number, _values(t), *(["yes" if t.number in front else ""] if multi else []),
-         t.user_attrs.get("hpo:source"), _params_text(t.params)]
+         t.user_attrs.get(SOURCE), _params_text(t.params)]
         for i, t in enumerate(ranked[:top])
     ]
     order = ("best first, Pareto front first" if multi else

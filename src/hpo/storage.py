@@ -1,25 +1,56 @@
-"""Open Optuna storages from a URL: sqlite / postgresql / mysql (RDB), journal files, memory."""
+"""Open Optuna storages from a URL: sqlite / postgresql / mysql (RDB), journal files, memory.
+
+SQLite engines. Optuna's default SQLite engine commits in rollback-journal mode with
+``synchronous=FULL``: every commit waits for the disk twice, which was most of a trial's cost
+on SQLite. The sweeper's driver therefore opens its SQLite file in WAL mode when every job runs
+on its host (``open_storage(url, wal=True)``); WAL mode stays with the file, and every
+connection to a file in WAL mode uses ``synchronous=NORMAL`` (a commit reaches the OS at once
+and the disk at the next checkpoint: a power cut may lose the last commits, never corrupt the
+file). WAL does not work when processes on several hosts share the file (e.g. a database on
+NFS used by SLURM jobs), so the driver leaves the journal mode alone then. Override both in
+the URL with hpo's own query keys, removed before SQLAlchemy sees the URL:
+``sqlite:///outputs/hpo.db?journal_mode=delete&synchronous=full``. The URL reaches the jobs
+unchanged, so they use the same settings. No ``pool_pre_ping`` for SQLite (a file has no
+connection to lose); server databases keep it.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 
 from hpo.errors import ConfigError, first_line
 
+log = logging.getLogger(__name__)
+
 JOURNAL_PREFIX = "journal://"
+SQLITE_PREFIX = "sqlite:///"
+# hpo's query keys of a sqlite URL -> the values SQLite's PRAGMA accepts
+SQLITE_PRAGMAS: dict[str, tuple[str, ...]] = {
+    "journal_mode": ("wal", "delete", "truncate", "persist", "memory", "off"),
+    "synchronous": ("normal", "full", "extra", "off"),
+}
 
 
-def open_storage(url: str | None) -> BaseStorage:
+def open_storage(url: str | None, *, wal: bool = False) -> BaseStorage:
     """An Optuna storage for ``url``.
 
     Forms: ``sqlite:///path.db``, ``postgresql://user@host/db``, ``mysql://...``,
     ``journal:///path/to/file.log`` (Optuna's JournalStorage with a file backend, good for many
     workers on a shared file system), ``memory`` or ``None`` (in-memory, nothing persisted).
+    A sqlite URL may end in ``?journal_mode=...&synchronous=...`` (see the module docstring).
+
+    Args:
+        url: The storage URL.
+        wal: Put a SQLite file in WAL mode unless the URL names a journal mode (the sweeper's
+            driver, when all its jobs run on this host). Readers leave the mode alone.
 
     Raises:
         ConfigError: One line naming the URL (password hidden) and what to check.
@@ -38,11 +69,11 @@ def open_storage(url: str | None) -> BaseStorage:
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             return JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            db = url[len("sqlite:///"):].split("?", 1)[0]
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
-        return _rdb_storage(_with_installed_driver(url))
+        if url.startswith(SQLITE_PREFIX):
+            return _sqlite_storage(url, wal=wal)
+        return _rdb_storage(_with_installed_driver(url), {"pool_pre_ping": True})
+    except ConfigError:
+        raise
     except Exception as exc:  # OSError, SQLAlchemy's many types: all mean "can't open it"
         first = first_line(exc, default="")
         raise ConfigError(
@@ -51,14 +82,71 @@ def open_storage(url: str | None) -> BaseStorage:
         ) from exc
 
 
-def _rdb_storage(url: str) -> BaseStorage:
+def _sqlite_storage(url: str, *, wal: bool) -> BaseStorage:
+    base, pragmas = split_sqlite_pragmas(url)
+    db = base[len(SQLITE_PREFIX):].split("?", 1)[0]
+    if db in ("", ":memory:"):  # one connection holds the database: no pragmas, no new pool
+        return _rdb_storage(base, {})
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    storage = _rdb_storage(base, {})
+    journal = pragmas.get("journal_mode") or ("wal" if wal else None)
+    synchronous = pragmas.get("synchronous")
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            if journal is not None:
+                cur.execute(f"PRAGMA journal_mode={journal}")
+            mode = str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            sync = synchronous or ("normal" if mode == "wal" else None)
+            if sync is not None:
+                cur.execute(f"PRAGMA synchronous={sync}")
+        except sqlite3.OperationalError as exc:  # locked by another process: keep its mode
+            log.debug("SQLite pragmas not applied to %s: %s", db, exc)
+        finally:
+            cur.close()
+
+    from sqlalchemy import event
+
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # the connections opened while Optuna set up the schema
+    return storage
+
+
+def split_sqlite_pragmas(url: str) -> tuple[str, dict[str, str]]:
+    """``sqlite:///x.db?journal_mode=wal&timeout=9`` -> (``sqlite:///x.db?timeout=9``,
+    ``{"journal_mode": "wal"}``): hpo's pragma keys apart from the rest of the query.
+
+    Raises:
+        ConfigError: A pragma value SQLite does not know.
+    """
+    base, sep, query = url.partition("?")
+    kept: list[str] = []
+    pragmas: dict[str, str] = {}
+    for part in query.split("&") if sep else []:
+        key, _, value = part.partition("=")
+        if key not in SQLITE_PRAGMAS:
+            kept.append(part)
+            continue
+        value = value.strip().lower()
+        if value not in SQLITE_PRAGMAS[key]:
+            raise ConfigError(
+                f"storage URL {redact_url(url)!r}: {key}={value!r} is not one of "
+                f"{', '.join(SQLITE_PRAGMAS[key])}"
+            )
+        pragmas[key] = value
+    return base + ("?" + "&".join(kept) if kept else ""), pragmas
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> BaseStorage:
     # Several drivers starting at once on an empty database race to create Optuna's schema:
     # duplicate tables, unique violations, an alembic_version another process has not stamped
     # yet (Optuna asserts on it). The losers retry after a pause; errors that no retry can
     # mend (no server, wrong credentials, missing driver or database) fail at once.
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            return optuna.storages.RDBStorage(url, engine_kwargs=dict(engine_kwargs))
         except Exception as exc:
             text = f"{type(exc).__name__} {exc}".lower()
             final = isinstance(exc, ImportError) or any(k in text for k in (

@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from hpo.attrs import CURVES, HOST, PER_CLASS, PRUNED_AT_EPOCH, SLURM_JOB_ID, SLURM_RESTARTS
+
 __all__ = [
     "ENV_PRUNER",
     "ENV_STORAGE",
@@ -222,15 +224,15 @@ def placement_attrs(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     ``hpo:slurm_job_id`` (``ARRAYID_TASKID`` for array tasks, as sacct names them) and
     ``hpo:slurm_restarts`` once the job was requeued (preemption)."""
     env = os.environ if environ is None else environ
-    attrs: dict[str, Any] = {"hpo:host": socket.gethostname()}
+    attrs: dict[str, Any] = {HOST: socket.gethostname()}
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
     if array and task:
-        attrs["hpo:slurm_job_id"] = f"{array}_{task}"
+        attrs[SLURM_JOB_ID] = f"{array}_{task}"
     elif env.get("SLURM_JOB_ID"):
-        attrs["hpo:slurm_job_id"] = env["SLURM_JOB_ID"]
+        attrs[SLURM_JOB_ID] = env["SLURM_JOB_ID"]
     restarts = env.get("SLURM_RESTART_COUNT", "")
     if restarts.isdigit() and int(restarts) > 0:
-        attrs["hpo:slurm_restarts"] = int(restarts)
+        attrs[SLURM_RESTARTS] = int(restarts)
     return attrs
 
 
@@ -330,15 +332,15 @@ class TrialReporter:
 
     def store_curves(self, curves: Mapping[str, Any]) -> None:
         """Store the learning curves so far (``curves``, or ``curves_fold_<i>``)."""
-        self.set_attrs({fold_key("curves", self.fold): dict(curves)})
+        self.set_attrs({fold_key(CURVES, self.fold): dict(curves)})
 
     def store_per_class(self, per_class: Mapping[str, Any]) -> None:
         """Store per-class scores (``per_class``, or ``per_class_fold_<i>``)."""
-        self.set_attrs({fold_key("per_class", self.fold): dict(per_class)})
+        self.set_attrs({fold_key(PER_CLASS, self.fold): dict(per_class)})
 
     def mark_pruned(self, step: int) -> None:
         """Record the step the trial was pruned at (``pruned_at_epoch``)."""
-        self.set_attrs({"pruned_at_epoch": int(step)})
+        self.set_attrs({PRUNED_AT_EPOCH: int(step)})
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Set trial user attrs (no-op when no trial is open)."""

@@ -31,6 +31,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.agents.features import fold_summary, per_class_summary, trial_features
+from hpo.attrs import ERROR, SOURCE
 from hpo.space import ParamSpec
 
 __all__ = [
@@ -187,8 +188,8 @@ class HistoryOptions:
     recent_k: int = 8
     max_running: int = 64
     max_text_chars: int = 120
-    note_attrs: tuple[str, ...] = ("hpo:error", "fail_reason")
-    source_attr: str | None = "hpo:source"
+    note_attrs: tuple[str, ...] = (ERROR, "fail_reason")
+    source_attr: str | None = SOURCE
     max_choices: int = 16
     per_class_k: int = 2
 

@@ -25,6 +25,32 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.trial import FrozenTrial, TrialState
 
+# Trial and study user attributes (provenance, running totals, the planner's stop).
+from hpo.attrs import (
+    BATCH,
+    CANDIDATE,
+    COST_USD,
+    COST_USD_TOTAL,
+    DROPPED_PARAMS,
+    DROPPED_PROPOSALS,
+    FALLBACK_REASON,
+    FALLBACK_TOTAL,
+    LATENCY_S,
+    LEADER,
+    LLM_CALL,
+    LLM_CALLS_TOTAL,
+    PARAM_SOURCES,
+    RATIONALE,
+    RETRIED,
+    SOURCE,
+    SOURCE_CHOICE,
+    STEP,
+    STOP,
+    TOKENS_IN,
+    TOKENS_IN_TOTAL,
+    TOKENS_OUT,
+    TOKENS_OUT_TOTAL,
+)
 from hpo.llm.base import LLMError, LLMMalformedReply, Usage
 from hpo.samplers._audit import write_call_dump
 from hpo.samplers._checker import (
@@ -47,32 +73,6 @@ if TYPE_CHECKING:
 __all__ = ["MODES", "LLMSampler"]
 
 _logger = logging.getLogger(__name__)
-
-# Trial user attributes (provenance).
-SOURCE = "hpo:source"
-FALLBACK_REASON = "hpo:fallback_reason"
-SOURCE_CHOICE = "hpo:source_choice"
-RATIONALE = "hpo:rationale"
-PARAM_SOURCES = "hpo:param_sources"
-TOKENS_IN = "hpo:tokens_in"
-TOKENS_OUT = "hpo:tokens_out"
-COST_USD = "hpo:cost_usd"
-LATENCY_S = "hpo:latency_s"
-LLM_CALL = "hpo:llm_call"
-BATCH = "hpo:batch"
-STEP = "hpo:step"
-CANDIDATE = "hpo:candidate"
-DROPPED_PARAMS = "hpo:dropped_params"
-DROPPED_PROPOSALS = "hpo:dropped_proposals"
-RETRIED = "hpo:retried"  # set by the sweeper: a failed trial re-run as another, not in budget
-# Study user attributes (running totals, the planner's stop, the hybrid leader).
-STOP = "hpo:stop"
-LEADER = "hpo:leader"
-TOKENS_IN_TOTAL = "hpo:tokens_in_total"
-TOKENS_OUT_TOTAL = "hpo:tokens_out_total"
-COST_USD_TOTAL = "hpo:cost_usd_total"
-LLM_CALLS_TOTAL = "hpo:llm_calls_total"
-FALLBACK_TOTAL = "hpo:fallback_total"
 
 MODES = ("propose", "hybrid")
 # How far a value departs from the LLM's proposal, in increasing order.

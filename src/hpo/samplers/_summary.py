@@ -11,15 +11,9 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from hpo.attrs import FALLBACK_REASON, LEADER, LLM_CALLS_TOTAL, SOURCE, SOURCE_CHOICE
 from hpo.samplers._choice import gather_evidence
-from hpo.samplers._llm import (
-    FALLBACK_REASON,
-    LEADER,
-    LLM_CALLS_TOTAL,
-    SOURCE,
-    SOURCE_CHOICE,
-    source_kind,
-)
+from hpo.samplers._llm import source_kind
 
 __all__ = ["SourceSummary", "llm_share_summary", "source_summary"]
 

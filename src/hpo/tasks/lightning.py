@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hpo import trial_context
+from hpo.attrs import BATCH_SIZE_USED, OOM_BATCH_SIZES, RESUMED_FROM_EPOCH
 from hpo.errors import ConfigError, HPOError, MetricNotFoundError
 from hpo.tasks import output_dir
 
@@ -117,7 +118,7 @@ def run_with_oom_stepdown(
             tried.append(batch)
             smaller = next_batch_size(batch, min_bs)
             if smaller is None:
-                trial_context.record_attrs({"hpo:oom_batch_sizes": tried}, job="the trial")
+                trial_context.record_attrs({OOM_BATCH_SIZES: tried}, job="the trial")
                 raise OutOfMemoryError(
                     f"out of memory at data.batch_size={batch} and oom.min_batch_size={min_bs} "
                     "stops the step-down: use a smaller model or more memory"
@@ -131,7 +132,7 @@ def run_with_oom_stepdown(
             continue
         if tried:
             trial_context.record_attrs(
-                {"hpo:oom_batch_sizes": tried, "hpo:batch_size_used": int(cfg.data.batch_size)},
+                {OOM_BATCH_SIZES: tried, BATCH_SIZE_USED: int(cfg.data.batch_size)},
                 job="the trial",
             )
         return result
@@ -197,7 +198,7 @@ def fit(cfg: DictConfig) -> float | list[float]:
             epoch = int(torch.load(resume, map_location="cpu", weights_only=False)
                         .get("epoch", 0))
             log.info("resuming this trial from %s (epoch %d)", resume, epoch)
-            trial_context.record_attrs({"hpo:resumed_from_epoch": epoch}, job="the trial")
+            trial_context.record_attrs({RESUMED_FROM_EPOCH: epoch}, job="the trial")
         _mark_checkpoints(out_dir, ctx)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
         metrics = dict(trainer.callback_metrics)

@@ -1,0 +1,216 @@
+"""The storage schema of hpo: every attribute key it writes on Optuna trials and studies.
+
+Optuna storage is the single source of truth of a study (see docs/architecture.md); these keys
+are its schema beyond Optuna's own columns. Every module that reads or writes one imports the
+constant from here. Each key is registered with where it lives (trial or study user attrs), who
+writes it and what its value means; ``python -m hpo.attrs`` prints that table, which
+docs/architecture.md carries (a test keeps the two equal).
+
+Composite values have readers here too (:func:`launch_driver`, :func:`launch_overrides`,
+:func:`driver_records`, :func:`trial_output_dir`), so a reader never depends on how a writer
+packed them, and studies written by older versions (``hpo:driver``, ``hpo:overrides`` and
+``hpo:output_dir`` on every trial) read the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Key:
+    """One attribute key of the schema."""
+
+    name: str
+    scope: str  # "trial" or "study" (user attrs)
+    writer: str  # who writes it
+    meaning: str  # the value and when it is there
+
+
+KEYS: list[Key] = []
+
+
+def _key(name: str, scope: str, writer: str, meaning: str) -> str:
+    KEYS.append(Key(name, scope, writer, meaning))
+    return name
+
+
+# ------------------------------------------------------------------ trial: the sweeper (driver)
+LAUNCH = _key(
+    "hpo:launch", "trial", "sweeper",
+    '`{"driver": "host:pid:start", "overrides": [...]}`, written once when the trial\'s job is '
+    "launched: the driver that owns it and the Hydra overrides of its job")
+HEARTBEAT = _key(
+    "hpo:heartbeat", "trial", "sweeper",
+    "unix time of the driver's last heartbeat for the running trial (every "
+    "`heartbeat_interval_s`); a stale one marks an orphan")
+ERROR = _key(
+    "hpo:error", "trial", "sweeper",
+    "why the trial failed, one line (the task's exception, a lost job, an orphan)")
+PRUNED = _key("hpo:pruned", "trial", "sweeper", "the pruner's message of a pruned trial")
+RETRIED = _key(
+    "hpo:retried", "trial", "sweeper",
+    "true on a failed trial that was re-run as another trial: it does not count in the budget")
+RETRY_OF = _key("hpo:retry_of", "trial", "sweeper",
+                "number of the failed trial this one re-runs (same params)")
+RETRY_COUNT = _key("hpo:retry_count", "trial", "sweeper",
+                   "how many times these params have been retried so far")
+JOB_ID = _key(
+    "hpo:job_id", "trial", "sweeper",
+    "the launcher's job id (submitit launchers: the SLURM or local job id), when the job "
+    "returned; in-process jobs have none")
+OUTPUT_DIR = _key(
+    "hpo:output_dir", "trial", "sweeper",
+    "the job's output directory; written only when it cannot be derived from the driver's "
+    "`output_dir` pattern in `hpo:drivers` (read it with `hpo.attrs.trial_output_dir`)")
+FOLDS = _key("folds", "trial", "sweeper",
+             "k-fold CV: the objective of each fold (a list per objective when several)")
+FOLD_STD = _key("fold_std", "trial", "sweeper",
+                "k-fold CV: the standard deviation of the folds' objective")
+# written on every trial by earlier versions of hpo; read, never written
+DRIVER = _key("hpo:driver", "trial", "sweeper (old)", "replaced by `hpo:launch`; still read")
+OVERRIDES = _key("hpo:overrides", "trial", "sweeper (old)",
+                 "replaced by `hpo:launch`; still read")
+
+# ------------------------------------------------------------------ trial: the sampler
+SOURCE = _key(
+    "hpo:source", "trial", "sampler",
+    "where the params came from: baseline, llm, repaired, clamped, leader (hybrid mode's "
+    "classical optimizer) or fallback")
+SOURCE_CHOICE = _key(
+    "hpo:source_choice", "trial", "sampler",
+    "how the trial's source was chosen: `{to, p_llm, draw, reason, why}` (the LLM's share then)")
+CANDIDATE = _key("hpo:candidate", "trial", "sampler",
+                 "hybrid mode with agent.rank_candidates: the leader's draw the LLM picked")
+FALLBACK_REASON = _key("hpo:fallback_reason", "trial", "sampler",
+                       "why the whole trial came from the fallback sampler")
+RATIONALE = _key("hpo:rationale", "trial", "sampler", "the LLM's reason for the proposal")
+PARAM_SOURCES = _key("hpo:param_sources", "trial", "sampler",
+                     "`{param: source}` when the params' sources differ")
+TOKENS_IN = _key("hpo:tokens_in", "trial", "sampler",
+                 "LLM input tokens of the call that proposed the trial's batch (first trial)")
+TOKENS_OUT = _key("hpo:tokens_out", "trial", "sampler", "LLM output tokens, as `hpo:tokens_in`")
+COST_USD = _key("hpo:cost_usd", "trial", "sampler", "LLM cost in USD, as `hpo:tokens_in`")
+LATENCY_S = _key("hpo:latency_s", "trial", "sampler", "wall time of the LLM call, seconds")
+LLM_CALL = _key("hpo:llm_call", "trial", "sampler",
+                "number of the LLM call that proposed the trial (as in the dump files)")
+BATCH = _key("hpo:batch", "trial", "sampler", 'position in the call\'s batch, `"i/n"`')
+STEP = _key("hpo:step", "trial", "sampler", "the chain step that produced the proposal")
+DROPPED_PARAMS = _key("hpo:dropped_params", "trial", "sampler",
+                      "proposed values the checker rejected")
+DROPPED_PROPOSALS = _key("hpo:dropped_proposals", "trial", "sampler",
+                         "proposals of the call the checker dropped whole")
+
+# ------------------------------------------------------------------ trial: the job
+HOST = _key("hpo:host", "trial", "job (OptunaReporter)", "host name the job runs on")
+SLURM_JOB_ID = _key("hpo:slurm_job_id", "trial", "job (OptunaReporter)",
+                    "SLURM job id (`ARRAYID_TASKID` for array tasks)")
+SLURM_RESTARTS = _key("hpo:slurm_restarts", "trial", "job (OptunaReporter)",
+                      "SLURM restart count once the job was requeued")
+CURVES = _key("curves", "trial", "job (OptunaReporter, command task)",
+              '`{"epoch": [...], "val/loss": [...], ...}`: the learning curves so far')
+PER_CLASS = _key("per_class", "trial", "job (OptunaReporter); sweeper under cv.folds",
+                 "per-class scores (under cv.folds: the mean over folds, with `std`)")
+CURVES_FOLD = _key("curves_fold_<i>", "trial", "job (OptunaReporter, command task)",
+                   "under cv.folds: fold i's learning curves")
+PER_CLASS_FOLD = _key("per_class_fold_<i>", "trial", "job (OptunaReporter, command task)",
+                      "under cv.folds: fold i's per-class scores")
+PRUNED_AT_EPOCH = _key("pruned_at_epoch", "trial", "job (OptunaReporter)",
+                       "epoch at which the pruner stopped the trial")
+OOM_BATCH_SIZES = _key("hpo:oom_batch_sizes", "trial", "job (hpo.train)",
+                       "batch sizes tried after out-of-memory errors")
+BATCH_SIZE_USED = _key("hpo:batch_size_used", "trial", "job (hpo.train)",
+                       "the batch size that fitted after out-of-memory errors")
+RESUMED_FROM_EPOCH = _key("hpo:resumed_from_epoch", "trial", "job (hpo.train)",
+                          "epoch of the checkpoint a requeued job resumed from")
+
+# ------------------------------------------------------------------ trial: status
+SLURM_STATE = _key("hpo:slurm_state", "trial", "hpo.status",
+                   "last sacct state seen for the trial's job")
+
+# ------------------------------------------------------------------ study
+DRIVERS = _key(
+    "hpo:drivers", "study", "sweeper",
+    'the drivers that ran the study, oldest first (50 kept): `{"id": "host:pid:start", '
+    '"output_dir": ".../trial_{number}"}`, the pattern null when not derivable (old studies: '
+    "plain id strings)")
+SEARCH_SPACE = _key("hpo:search_space", "study", "sweeper",
+                    "`{param: distribution class}` of the first run")
+STOP = _key("hpo:stop", "study", "sampler", "the planner's reason to stop the study")
+LEADER = _key("hpo:leader", "study", "sampler", "hybrid mode: the classical optimizer leading")
+TOKENS_IN_TOTAL = _key("hpo:tokens_in_total", "study", "sampler", "LLM input tokens, total")
+TOKENS_OUT_TOTAL = _key("hpo:tokens_out_total", "study", "sampler", "LLM output tokens, total")
+COST_USD_TOTAL = _key("hpo:cost_usd_total", "study", "sampler", "LLM cost in USD, total")
+LLM_CALLS_TOTAL = _key("hpo:llm_calls_total", "study", "sampler", "LLM requests, total")
+FALLBACK_TOTAL = _key("hpo:fallback_total", "study", "sampler",
+                      "trials that came whole from the fallback sampler")
+
+
+# ------------------------------------------------------------------ readers of composite values
+def launch_record(driver: str, overrides: list[str]) -> dict[str, Any]:
+    """The value of :data:`LAUNCH` for a trial launched by ``driver`` with ``overrides``."""
+    return {"driver": driver, "overrides": list(overrides)}
+
+
+def launch_driver(attrs: Mapping[str, Any]) -> str | None:
+    """The driver id (``host:pid:start``) that launched the trial with user attrs ``attrs``."""
+    rec = attrs.get(LAUNCH)
+    value = rec.get("driver") if isinstance(rec, Mapping) else attrs.get(DRIVER)
+    return value if isinstance(value, str) else None
+
+
+def launch_overrides(attrs: Mapping[str, Any]) -> list[str] | None:
+    """The Hydra overrides of the trial's job; None before it was launched."""
+    rec = attrs.get(LAUNCH)
+    value = rec.get("overrides") if isinstance(rec, Mapping) else attrs.get(OVERRIDES)
+    return [str(o) for o in value] if isinstance(value, list) else None
+
+
+def driver_record(driver: str, output_dir: str | None) -> dict[str, Any]:
+    """An entry of :data:`DRIVERS`: the driver id and its output-dir pattern (``{number}``)."""
+    return {"id": driver, "output_dir": output_dir}
+
+
+def driver_records(study_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The entries of :data:`DRIVERS`, oldest first, each a dict with ``id`` (and
+    ``output_dir``); plain id strings of older studies come back as ``{"id": ...}``."""
+    out: list[dict[str, Any]] = []
+    for d in study_attrs.get(DRIVERS) or []:
+        if isinstance(d, str):
+            out.append({"id": d, "output_dir": None})
+        elif isinstance(d, Mapping) and isinstance(d.get("id"), str):
+            out.append(dict(d))
+    return out
+
+
+def trial_output_dir(
+    number: int, attrs: Mapping[str, Any], study_attrs: Mapping[str, Any]
+) -> str | None:
+    """The output directory of trial ``number`` (user attrs ``attrs``) of a study (its user
+    attrs ``study_attrs``): stored, or derived from its driver's pattern; None if unknown."""
+    stored = attrs.get(OUTPUT_DIR)
+    if isinstance(stored, str):
+        return stored
+    driver = launch_driver(attrs)
+    if driver is None:
+        return None
+    for rec in reversed(driver_records(study_attrs)):
+        pattern = rec.get("output_dir")
+        if rec["id"] == driver and isinstance(pattern, str):
+            return pattern.replace("{number}", str(number))
+    return None
+
+
+# ------------------------------------------------------------------ the table of the docs
+def schema_table() -> str:
+    """The schema as a Markdown table (docs/architecture.md carries it)."""
+    rows = ["| key | where | written by | value |", "|---|---|---|---|"]
+    rows += [f"| `{k.name}` | {k.scope} | {k.writer} | {k.meaning} |" for k in KEYS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(schema_table() + "\n")

@@ -1,0 +1,491 @@
+"""Planning a sweep: ``hydra.sweeper.*`` + the composed config + the command line -> a plan.
+
+:func:`build_plan` validates everything a user can get wrong about the sweep itself (budget,
+slots, directions, pruner name, search space, conditions, objectives) and returns one frozen
+:class:`SweepPlan`. It starts nothing: no launcher call, no storage, no sampler. It needs the
+composed config and a way to list a config group's options, so a unit test can plan a sweep
+from ``OmegaConf.create(...)``. What the plan knows is all the rest of the sweeper reads:
+:mod:`._study` opens the study from it, :mod:`._loop` runs its slots, :mod:`._dryrun` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.study import StudyDirection
+
+from hpo import trial_context
+from hpo.errors import ConfigError, SearchSpaceError
+from hpo.space import ParamSpec, check_value, clamp_value
+
+from ._grammar import ParsedParam, format_value, parse_params
+from .config import HPOSweeperConf
+
+DIRECTIONS = ("minimize", "maximize")
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+_JOB_NUM = re.compile(r"\$\{hydra[.:]job\.num\}")
+_PER_JOB = re.compile(r"\$\{[^}]*hydra[.:](job|runtime|overrides)\b")
+
+
+@dataclass(frozen=True)
+class LauncherFacts:
+    """What the sweep needs to know of its Hydra launcher (read once from the instance).
+
+    Attributes:
+        name: The launcher's class name.
+        in_process: Jobs run in this process (Hydra's basic launcher), one at a time.
+        fast: In-process jobs take the cached-composition path (``fast_inprocess``).
+        remote: Jobs may run on other hosts (submitit_slurm, or a launcher we do not know).
+        slurm_params: The submitit_slurm launcher's parameters (for the sbatch preview).
+    """
+
+    name: str = "BasicLauncher"
+    in_process: bool = True
+    fast: bool = True
+    remote: bool = False
+    slurm_params: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The study's trial budget and what ends a run early."""
+
+    n_trials: int
+    max_failure_rate: float
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What the sampler is built from (:func:`._study.build_sampler`)."""
+
+    sampler: Any  # a sampler or a _target_ config; None: LLMSampler when `agent`, else fallback
+    fallback: Any  # the classical sampler or its config; None: TPE
+    agent: DictConfig | None  # the app's `agent` node (resolved when built); None: no LLM
+    seed: int | None
+    dump_dir: str
+    fidelity: str | None
+    sensitive: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep does, decided before anything runs. Built by :func:`build_plan`.
+
+    Attributes:
+        study_name: The study (rerunning with the same name resumes it).
+        storage_url: Storage URL with sqlite/journal paths made absolute; None or "memory".
+        sqlite_wal: Open a SQLite file in WAL mode (False when jobs may run on other hosts,
+            where WAL does not work); an explicit ``?journal_mode=`` in the URL wins.
+        directions: "minimize"/"maximize" per objective.
+        objective_names: One name per objective.
+        space: The searched parameters, config defaults and descriptions; a conditional one
+            carries its ``condition``.
+        param_keys: Optuna parameter name -> the override key as written (``+x``, ``model``).
+        fixed: Overrides passed to every trial unchanged.
+        budget: Trials, failure rate, retries.
+        slots: Parallel slots (``n_jobs``): trials in flight at once, proposals per LLM call.
+        folds: k-fold CV: jobs per trial (1: no CV).
+        heartbeat_interval_s: Seconds between heartbeats of running trials (0: none).
+        heartbeat_grace_s: A running trial without a heartbeat for this long is an orphan.
+        pruner: The pruner: a name of :data:`PRUNERS`, a pruner or a _target_ config.
+        sampler: What the sampler is built from.
+        launcher: The launcher's facts.
+        sweep_dir: ``hydra.sweep.dir``, resolved.
+        output_dir_pattern: Absolute output dir of trial ``{number}``'s job when it can be
+            derived (in-process jobs, a subdir made of literal text and the job number); None:
+            the sweeper stores each trial's output dir instead.
+        dry_run: Print the plan; start and store nothing.
+        progress: Live progress on a terminal.
+    """
+
+    study_name: str
+    storage_url: str | None
+    sqlite_wal: bool
+    directions: tuple[str, ...]
+    objective_names: tuple[str, ...]
+    space: tuple[ParamSpec, ...]
+    param_keys: Mapping[str, str]
+    fixed: tuple[str, ...]
+    budget: Budget
+    slots: int
+    folds: int
+    heartbeat_interval_s: float
+    heartbeat_grace_s: float
+    pruner: Any
+    sampler: SamplerSpec
+    launcher: LauncherFacts
+    sweep_dir: str
+    output_dir_pattern: str | None
+    dry_run: bool = False
+    progress: bool = True
+
+    @property
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Parameter name -> distribution, in search-space order."""
+        return {s.name: s.distribution for s in self.space}
+
+    @property
+    def conditions(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """Conditional parameter -> (the parameter it depends on, the values enabling it)."""
+        return {s.name: (s.condition[0], frozenset(s.condition[1]))
+                for s in self.space if s.condition is not None}
+
+    @property
+    def study_directions(self) -> list[StudyDirection]:
+        """The directions as Optuna's enum."""
+        return [StudyDirection[d.upper()] for d in self.directions]
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the study lives in this process only (nothing persisted)."""
+        return self.storage_url in (None, "", "memory", "inmemory", "in-memory")
+
+    def trial_overrides(self, params: Mapping[str, Any]) -> list[str]:
+        """The Hydra overrides of a trial with ``params``: the fixed ones, then one per param."""
+        keys = self.param_keys
+        return [*self.fixed,
+                *(f"{keys[n]}={format_value(v)}" for n, v in params.items() if n in keys)]
+
+    def jobs(self, overrides: Sequence[str], number: int, trial_id: int) -> list[list[str]]:
+        """The job(s) of trial ``number``: its overrides plus how the job finds its trial
+        (``hydra.job.env_set``); with k-fold CV one job per fold in ``trial_N/fold_i``."""
+        job = [
+            *overrides,
+            f"++hydra.job.env_set.{trial_context.ENV_TRIAL_NUMBER}={number}",
+            f"++hydra.job.env_set.{trial_context.ENV_TRIAL_ID}={trial_id}",
+        ]
+        if self.folds <= 1:
+            return [job]
+        return [
+            # every fold job reports to the trial: its own per-class scores and curves
+            [*job, f"cv.fold={i}", f"hydra.sweep.subdir=trial_{number}/fold_{i}"]
+            for i in range(self.folds)
+        ]
+
+    def output_dir(self, number: int) -> str | None:
+        """The output dir of trial ``number`` when derivable (see ``output_dir_pattern``)."""
+        if self.output_dir_pattern is None:
+            return None
+        return self.output_dir_pattern.replace("{number}", str(number))
+
+    def validation_points(self) -> list[dict[str, Any]]:
+        """Parameter values to compose the config with before anything runs.
+
+        One point with every unconditional parameter; then, for each condition, a point where
+        it holds, with the parameters it enables (e.g. model=cnn with model.net.channels), so
+        every key is checked in a config where it exists.
+        """
+        rep = {s.name: _representative(s) for s in self.space}
+        conditions = self.conditions
+        base = {n: v for n, v in rep.items() if n not in conditions}
+        points = [base]
+        branches: dict[tuple[str, str], list[str]] = {}
+        for param, (other, values) in conditions.items():
+            for value in sorted(values):
+                branches.setdefault((other, value), []).append(param)
+        dists = self.distributions
+        for (other, value), params in branches.items():
+            point = dict(base)
+            choice = next((c for c in getattr(dists[other], "choices", ()) if str(c) == value),
+                          value)
+            point[other] = choice
+            point.update({p: rep[p] for p in params})
+            points.append(point)
+        return points
+
+
+def build_plan(
+    options: HPOSweeperConf,
+    arguments: Sequence[str],
+    config: DictConfig,
+    *,
+    group_options: Callable[[str], list[str]],
+    launcher: LauncherFacts,
+) -> SweepPlan:
+    """Validate the sweep and decide everything about it.
+
+    Args:
+        options: The ``hydra.sweeper`` values (the facade's keyword arguments).
+        arguments: The sweep overrides of the command line (they win over ``params``).
+        config: The composed config of the run (with its ``hydra`` node).
+        group_options: The options of a config group, e.g. ``"model" -> ["cnn", "mlp"]``.
+        launcher: What the launcher is.
+
+    Raises:
+        ConfigError: A bad ``hydra.sweeper`` value, objective or condition (one line).
+        SearchSpaceError: A bad search space.
+    """
+    n_trials, n_jobs = options.n_trials, options.n_jobs
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        raise ConfigError(
+            f"hydra.sweeper.n_trials={n_trials!r} must be an integer >= 1 "
+            "(the total number of trials the study should hold)"
+        )
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1:
+        raise ConfigError(
+            f"hydra.sweeper.n_jobs={n_jobs!r} must be an integer >= 1 (parallel slots)"
+        )
+    rate = float(options.max_failure_rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError(
+            f"hydra.sweeper.max_failure_rate={options.max_failure_rate!r} must be within [0, 1]"
+        )
+    interval, grace = options.heartbeat_interval_s, options.heartbeat_grace_s
+    if interval < 0 or grace < interval:
+        raise ConfigError(
+            f"hydra.sweeper.heartbeat_grace_s={grace} must be >= "
+            f"heartbeat_interval_s={interval} >= 0"
+        )
+    directions = parse_directions(options.direction)
+    check_pruner(options.pruner)
+
+    groups = group_choices(config)
+    searched, fixed = search_space(options.params or {}, arguments)
+    specs = param_specs(searched, config, groups, group_options, options.descriptions or {})
+    specs = with_conditions(specs, options.conditions or {})
+    objective_names = objectives(config, directions)
+    folds = int(OmegaConf.select(config, "cv.folds", default=1) or 1)
+    sweep_dir = str(config.hydra.sweep.dir)
+    study_name = str(options.study_name)
+    agent = OmegaConf.select(config, "agent", default=None) if options.sampler is None else None
+    max_epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
+    sampler = SamplerSpec(
+        sampler=options.sampler,
+        fallback=options.fallback_sampler,
+        agent=agent,
+        seed=options.seed,
+        dump_dir=str(Path(sweep_dir) / "llm"),
+        fidelity=f"up to {max_epochs} epochs per trial" if max_epochs else None,
+        sensitive=sensitive_names(specs, groups, study_name) if agent is not None else {},
+    )
+    return SweepPlan(
+        study_name=study_name,
+        storage_url=absolute_storage_url(options.storage),
+        sqlite_wal=not launcher.remote,
+        directions=tuple(directions),
+        objective_names=tuple(objective_names),
+        space=tuple(specs),
+        param_keys={p.name: p.key for p in searched},
+        fixed=tuple(fixed),
+        budget=Budget(n_trials=n_trials, max_failure_rate=rate,
+                      max_retries=int(options.max_retries)),
+        slots=n_jobs,
+        folds=folds,
+        heartbeat_interval_s=float(interval),
+        heartbeat_grace_s=float(grace),
+        pruner=options.pruner,
+        sampler=sampler,
+        launcher=launcher,
+        sweep_dir=sweep_dir,
+        output_dir_pattern=output_dir_pattern(config, launcher, folds),
+        dry_run=bool(options.dry_run),
+        progress=bool(options.progress),
+    )
+
+
+# ------------------------------------------------------------------------ sweeper values
+def parse_directions(direction: Any) -> list[str]:
+    """``"minimize"`` or a list of directions -> the lower-case names, checked."""
+    seq = isinstance(direction, list | tuple | Sequence) and not isinstance(direction, str)
+    raw = list(direction) if seq else [direction]
+    if not raw:
+        raise ConfigError("hydra.sweeper.direction is empty: use minimize or maximize")
+    out = []
+    for d in raw:
+        name = d.name.lower() if hasattr(d, "name") else str(d).lower()
+        if name not in DIRECTIONS:
+            raise ConfigError(
+                f"hydra.sweeper.direction={d!r} is not minimize or maximize "
+                "(for several objectives give a list, e.g. [maximize, minimize])"
+            )
+        out.append(name)
+    return out
+
+
+def check_pruner(spec: Any) -> None:
+    """Raise unless ``spec`` names a known pruner (configs and instances are built later)."""
+    if isinstance(spec, str) and spec not in PRUNERS:
+        raise ConfigError(
+            f"hydra.sweeper.pruner={spec!r} is unknown: use one of {', '.join(PRUNERS)} "
+            "or a config with a _target_"
+        )
+
+
+def absolute_storage_url(url: str | None) -> str | None:
+    """``url`` with a relative sqlite/journal path resolved against the working directory."""
+    if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path, sep, query = url[len("sqlite:///"):].partition("?")
+        if path and path != ":memory:":
+            url = "sqlite:///" + str(Path(path).resolve()) + sep + query
+    if url and url.startswith("journal://"):
+        url = "journal://" + str(Path(url[len("journal://"):]).resolve())
+    return url
+
+
+# ------------------------------------------------------------------------ search space
+def search_space(
+    params: Mapping[str, str], arguments: Sequence[str]
+) -> tuple[list[ParsedParam], list[str]]:
+    """Parsed params (config ``params``, then the command line, which wins) + fixed ones."""
+    by_name: dict[str, ParsedParam] = {}
+    for p in parse_params([(str(k), str(v)) for k, v in params.items()]):
+        by_name[p.name] = p
+    for p in parse_params(list(arguments)):
+        by_name.pop(p.name, None)
+        by_name[p.name] = p
+    searched = [p for p in by_name.values() if p.distribution is not None]
+    fixed = [f"{p.key}={p.fixed}" for p in by_name.values() if p.distribution is None]
+    if not searched:
+        raise SearchSpaceError(
+            "nothing to search: give hydra.sweeper.params or sweep overrides such as "
+            "'optimizer.lr=tag(log, interval(1e-5, 1e-1))' or model=mlp,cnn"
+        )
+    return searched, fixed
+
+
+def group_choices(config: DictConfig) -> dict[str, str]:
+    """The config-group choices of the run (``hydra.runtime.choices``), Hydra's own left out."""
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default=None)
+    if choices is None:
+        return {}
+    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+
+
+def param_specs(
+    searched: list[ParsedParam],
+    config: DictConfig,
+    groups: Mapping[str, str],
+    group_options: Callable[[str], list[str]],
+    descriptions: Mapping[str, str],
+) -> list[ParamSpec]:
+    """One :class:`ParamSpec` per searched parameter, with the config's value as default."""
+    specs = []
+    for p in searched:
+        dist = p.distribution
+        assert dist is not None
+        if p.name in groups:
+            options = group_options(p.name)
+            if isinstance(dist, CategoricalDistribution):
+                bad = [c for c in dist.choices if str(c) not in options]
+                if bad:
+                    raise ConfigError(
+                        f"{p.name}={bad[0]} is not an option of config group {p.name!r}: "
+                        f"choose from {', '.join(options)}"
+                    )
+            default: Any = groups[p.name]
+        else:
+            default = OmegaConf.select(config, p.name, default=None,
+                                       throw_on_resolution_failure=False)
+            if isinstance(default, DictConfig | list) or OmegaConf.is_config(default):
+                default = None
+        if default is not None and check_value(dist, default) is not None:
+            clamped = clamp_value(dist, default)
+            default = clamped if clamped is not None else None
+        if default is not None and isinstance(dist, CategoricalDistribution):
+            # group choices come back as strings; match the declared choice's type
+            default = next((c for c in dist.choices if str(c) == str(default)), None)
+        specs.append(ParamSpec(name=p.name, distribution=dist, default=default,
+                               description=str(descriptions.get(p.name, ""))))
+    return specs
+
+
+def with_conditions(specs: list[ParamSpec], conditions: Mapping[str, str]) -> list[ParamSpec]:
+    """``specs`` with ``{param: "other=v1,v2"}`` set as their ``condition``, checked."""
+    names = {s.name for s in specs}
+    parsed: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for param, cond in ((str(k), str(v)) for k, v in conditions.items()):
+        other, sep, values = cond.partition("=")
+        other = other.strip()
+        if param not in names:
+            raise ConfigError(
+                f"hydra.sweeper.conditions names {param!r}, which is not searched: "
+                "condition only parameters of hydra.sweeper.params or the command line"
+            )
+        if not sep or other not in names or other == param:
+            raise ConfigError(
+                f"hydra.sweeper.conditions.{param}={cond!r}: write '<searched param>="
+                "value[,value]', e.g. model=mlp"
+            )
+        parsed[param] = (other, tuple(sorted({v.strip() for v in values.split(",")
+                                              if v.strip()})))
+    return [
+        ParamSpec(name=s.name, distribution=s.distribution, default=s.default,
+                  description=s.description, condition=parsed[s.name])
+        if s.name in parsed else s
+        for s in specs
+    ]
+
+
+def objectives(config: DictConfig, directions: Sequence[str]) -> list[str]:
+    """The objective names: the app's ``objective`` (one per direction), else generic ones."""
+    obj = OmegaConf.select(config, "objective", default=None)
+    if obj is None:
+        return (["objective"] if len(directions) == 1
+                else [f"objective_{i}" for i in range(len(directions))])
+    names = [str(o) for o in obj] if OmegaConf.is_list(obj) else [str(obj)]
+    if len(names) != len(directions):
+        raise ConfigError(
+            f"objective={names} names {len(names)} metric(s) but hydra.sweeper.direction="
+            f"{list(directions)} has {len(directions)}: give one direction per metric"
+        )
+    return names
+
+
+def sensitive_names(
+    specs: Sequence[ParamSpec], groups: Mapping[str, str], study_name: str
+) -> dict[str, str]:
+    """Names the prompts must not carry (anonymized): dataset, fixed model, study, paths."""
+    from hpo.agents.history import Anonymizer
+
+    searched = {s.name for s in specs}
+    models = [groups["model"]] if "model" in groups and "model" not in searched else []
+    return dict(Anonymizer.from_names(
+        dataset=groups.get("data") if "data" not in searched else None,
+        models=models,
+        study=study_name,
+        paths=[str(Path.cwd())],
+    ).mapping)
+
+
+def output_dir_pattern(config: DictConfig, launcher: LauncherFacts, folds: int) -> str | None:
+    """The output dir of trial ``{number}`` as Hydra's ``run_job`` will compute it, or None
+    when it depends on more than the job number (then it is stored per trial)."""
+    if not launcher.in_process:
+        return None  # a job elsewhere resolves its paths in its own working directory
+    sweep = OmegaConf.to_container(config.hydra.sweep, resolve=False)
+    assert isinstance(sweep, dict)
+    raw_dir, raw_sub = str(sweep.get("dir")), str(sweep.get("subdir"))
+    if _PER_JOB.search(raw_dir):
+        return None
+    sub = "trial_{number}/fold_0" if folds > 1 else _JOB_NUM.sub("{number}", raw_sub)
+    if "${" in sub or "{number}" not in sub:
+        return None
+    try:
+        sweep_dir = str(config.hydra.sweep.dir)
+    except Exception:  # an interpolation the driver cannot resolve: let the job say
+        return None
+    return os.path.abspath(os.path.join(sweep_dir, sub))
+
+
+def _representative(spec: ParamSpec) -> Any:
+    """A valid value of ``spec`` for a test composition: its default, else a bound or choice."""
+    if spec.default is not None:
+        return spec.default
+    d = spec.distribution
+    if isinstance(d, CategoricalDistribution):
+        return d.choices[0]
+    assert isinstance(d, FloatDistribution | IntDistribution)
+    return d.low

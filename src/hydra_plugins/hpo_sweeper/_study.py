@@ -1,0 +1,222 @@
+"""The study of a plan: its sampler and pruner, the study opened in storage, results told.
+
+Everything here reads the :class:`~._plan.SweepPlan`; nothing here decides what to run next
+(that is :mod:`._loop`). The one place that touches the process environment is
+:func:`export_job_context`: jobs find their study through it (``hpo.trial_context``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import attrs, trial_context
+from hpo.errors import ConfigError, first_line
+from hpo.storage import open_storage, redact_url
+
+from ._plan import SweepPlan
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ sampler and pruner
+def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
+    """The pruner of ``hydra.sweeper.pruner``: a name, a pruner, or a _target_ config."""
+    if isinstance(spec, optuna.pruners.BasePruner):
+        return spec
+    if spec is None or spec == "none":
+        return optuna.pruners.NopPruner()
+    if spec == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if spec == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if spec == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return instantiate(spec)
+
+
+def build_fallback(plan: SweepPlan) -> optuna.samplers.BaseSampler:
+    """The classical sampler (``hydra.sweeper.fallback_sampler``; TPE when unset)."""
+    if not plan.sampler.fallback:
+        return optuna.samplers.TPESampler(seed=plan.sampler.seed)
+    return _as_sampler(plan.sampler.fallback, "fallback_sampler")
+
+
+def build_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
+    """The study's sampler: ``hydra.sweeper.sampler`` if given; else the LLMSampler when the
+    app has an ``agent`` node (through ``hpo.samplers.sampler_from_agent_config``, the one
+    place that reads it); else the fallback sampler."""
+    spec = plan.sampler
+    if spec.sampler is not None:
+        return _as_sampler(spec.sampler, "sampler")
+    fallback = build_fallback(plan)
+    if spec.agent is None:
+        return fallback
+    from hpo.samplers import sampler_from_agent_config
+
+    agent = OmegaConf.to_container(spec.agent, resolve=True)
+    assert isinstance(agent, dict)
+    return sampler_from_agent_config(
+        {str(k): v for k, v in agent.items()},
+        search_space=list(plan.space),
+        fallback=fallback,
+        seed=spec.seed,
+        batch_size=plan.slots,
+        n_trials=plan.budget.n_trials,
+        dump_dir=Path(spec.dump_dir),
+        objective_names=list(plan.objective_names),
+        sensitive=dict(spec.sensitive),
+        fidelity=spec.fidelity,
+    )
+
+
+def _as_sampler(obj: Any, name: str) -> optuna.samplers.BaseSampler:
+    # Hydra instantiates nested _target_ configs when it builds the sweeper
+    if isinstance(obj, optuna.samplers.BaseSampler):
+        return obj
+    try:
+        built = instantiate(obj)
+    except Exception as exc:
+        raise ConfigError(f"hydra.sweeper.{name} cannot be built: {first_line(exc)}") from exc
+    if not isinstance(built, optuna.samplers.BaseSampler):
+        raise ConfigError(
+            f"hydra.sweeper.{name} built {type(built).__name__}, not an Optuna sampler: "
+            "give a config whose _target_ is a sampler class"
+        )
+    return built
+
+
+# ------------------------------------------------------------------ the study in storage
+def check_sweep_dir(plan: SweepPlan) -> None:
+    """Raise unless ``hydra.sweep.dir`` can be created and written."""
+    sweep_dir = Path(plan.sweep_dir)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=sweep_dir, prefix=".hpo-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"hydra.sweep.dir={str(sweep_dir)!r} is not writable ({exc.strerror or exc}): "
+            "point hydra.sweep.dir at a folder you can write"
+        ) from exc
+
+
+def open_study(
+    plan: SweepPlan,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """Create or load the plan's study; check that its directions and space still match.
+
+    Raises:
+        ConfigError: The storage cannot be opened, or the study exists with other directions
+            or another distribution of a parameter.
+    """
+    url = plan.storage_url
+    storage = open_storage(None if plan.in_memory else url, wal=plan.sqlite_wal)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=plan.study_name,
+            directions=plan.study_directions,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot create or load study {plan.study_name!r} in {redact_url(url or 'memory')}"
+            f": {first_line(exc)}"
+        ) from exc
+    existing = [d.name.lower() for d in study.directions]
+    if existing != list(plan.directions):
+        raise ConfigError(
+            f"study {plan.study_name!r} already exists with direction {existing}, not "
+            f"{list(plan.directions)}: use another hydra.sweeper.study_name or the same direction"
+        )
+    _check_distributions(study, plan.distributions, plan.study_name)
+    if not study.user_attrs.get(attrs.SEARCH_SPACE):
+        study.set_user_attr(attrs.SEARCH_SPACE, {
+            s.name: s.distribution.__class__.__name__ for s in plan.space
+        })
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(plan.objective_names))
+    return study
+
+
+def _check_distributions(
+    study: optuna.Study, distributions: Mapping[str, BaseDistribution], name: str
+) -> None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for param, dist in t.distributions.items():
+            new = distributions.get(param)
+            if new is not None and new != dist:
+                raise ConfigError(
+                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: keep the "
+                    "search space of a study, or use a new hydra.sweeper.study_name"
+                )
+        break
+
+
+def register_driver(study: optuna.Study, driver: str, plan: SweepPlan) -> None:
+    """Add this driver (and its output-dir pattern) to the study's ``hpo:drivers``."""
+    records = attrs.driver_records(study.user_attrs)[-49:]
+    study.set_user_attr(attrs.DRIVERS, [
+        *records, attrs.driver_record(driver, plan.output_dir_pattern)
+    ])
+
+
+def export_job_context(plan: SweepPlan, study: optuna.Study, pruner: Any) -> None:
+    """Tell every job of this process's launchers where its study lives.
+
+    The storage URL may carry a password, so it travels through this process's environment
+    (inherited by every launcher, exported by sbatch), never through the configs Hydra saves.
+    An in-memory storage is registered in-process under a key instead.
+    """
+    if plan.in_memory or isinstance(study._storage, optuna.storages.InMemoryStorage):
+        key = f"memory:{id(study._storage)}"
+        trial_context.register_live_storage(key, study._storage)
+        os.environ[trial_context.ENV_STORAGE] = key
+    else:
+        assert plan.storage_url is not None
+        os.environ[trial_context.ENV_STORAGE] = plan.storage_url
+    os.environ[trial_context.ENV_STUDY] = plan.study_name
+    os.environ[trial_context.ENV_PRUNER] = trial_context.encode_pruner(pruner)
+
+
+# ------------------------------------------------------------------ results
+class SamplerExhausted(Exception):
+    """The sampler covered its whole space (GridSampler, BruteForceSampler); the tell stored."""
+
+
+def tell(
+    study: optuna.Study,
+    trial: optuna.Trial | int,
+    values: Sequence[float] | None = None,
+    *,
+    state: TrialState | None = None,
+) -> FrozenTrial:
+    """``study.tell`` and the finished trial it returns (callers reuse it, never re-read it).
+
+    Raises:
+        SamplerExhausted: The sampler called ``study.stop()`` (only allowed inside
+            ``study.optimize``); the result is stored all the same.
+    """
+    try:
+        return study.tell(trial, values, state=state)
+    except RuntimeError as exc:
+        if "stop" not in str(exc).lower():
+            raise
+        raise SamplerExhausted(str(exc)) from exc
