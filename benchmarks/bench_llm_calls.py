@@ -62,7 +62,9 @@ def via_sweeper(k: int, n: int, chain: str, server: Any, work: Path) -> dict[str
     before = len(server.requests)
     run([sys.executable, NOOP_APP, "--config-name", "hpo_llm", "-m", *SEARCH,
          f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.n_jobs={k}", "hydra/launcher=basic",
-         f"hydra.sweeper.storage=sqlite:///{db}", f"agent.chain={chain}"], cwd=work, env=env)
+         f"hydra.sweeper.storage=sqlite:///{db}", f"agent.chain={chain}",
+         # calls per trial of the LLM's own trials: the bandit that cuts a poor LLM is off
+         "++agent.adaptive_share=false"], cwd=work, env=env)
     requests = len(server.requests) - before
     study = optuna.load_study(study_name="noop_llm", storage=f"sqlite:///{db}")
     sources, calls = _counts(study.trials)
@@ -85,7 +87,7 @@ def via_optimize(k: int, n: int, chain_name: str, server: Any) -> dict[str, Any]
     chain = build_chain({"provider": "openai", "model": "gpt-4o-mini", "chain": chain_name,
                          "max_retries": 0, "timeout_s": 60, "dump_prompts": False})
     sampler = LLMSampler(chain=chain, search_space=specs, batch_size=k, seed=0,
-                         objective_names=["objective"])
+                         objective_names=["objective"], adaptive_share=False)
     study = optuna.create_study(sampler=sampler)
     rng = random.Random(k)
     delays = [rng.uniform(0.005, 0.05) for _ in range(n)]

@@ -261,8 +261,9 @@ def build_sampler(chain_name: str, specs: list[Any]) -> tuple[Any, TimingClient]
     for role, settings in list(chain.roles.items()):  # type: ignore[attr-defined]
         chain.roles[role] = RoleSettings(  # type: ignore[attr-defined]
             client=timer, temperature=settings.temperature, max_tokens=settings.max_tokens)
+    # every trial from the LLM: the bandit that cuts a poor LLM's share is off here
     sampler = LLMSampler(chain=chain, search_space=specs, batch_size=1, seed=0,
-                         objective_names=["val/acc"], dump_dir=None)
+                         objective_names=["val/acc"], dump_dir=None, adaptive_share=False)
     return sampler, timer
 
 

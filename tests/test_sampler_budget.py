@@ -181,8 +181,9 @@ def test_prefetch_calls_before_the_trial_exists(llm_env: FakeLLMServer, tmp_path
         chain=make_chain(), search_space=SPACE, seed=0, batch_size=2, n_trials=8, dump_dir=dump
     )
     study = new_study(sampler, tmp_path)
-    assert sampler.prefetch(study, 2) == 1  # trial 0 is the baseline: one proposal
-    assert len(llm_env.requests) == 1 and n_proposals(llm_env.requests[0]) == 1
+    # trial 0 is the baseline: one call for the batch's LLM trials, 1 and 2
+    assert sampler.prefetch(study, 2) == 2
+    assert len(llm_env.requests) == 1 and n_proposals(llm_env.requests[0]) == 2
     assert study.trials == []
     run(study, 2)
     assert len(llm_env.requests) == 1  # the asks popped the prefetched proposal
@@ -194,11 +195,14 @@ def test_prefetch_calls_before_the_trial_exists(llm_env: FakeLLMServer, tmp_path
     assert llm_env.requests[0].received_at <= t1.datetime_start.timestamp()
     doc = json.loads((dump / "call-0001-proposer.json").read_text())
     assert doc["trial"] == "prefetched"
-    assert sampler.prefetch(study, 2) == 2  # trials 2 and 3: one call for both
+    # trial 2's proposal is still queued: one more call, for trial 3 alone
+    assert sampler.prefetch(study, 2) == 2
+    assert len(llm_env.requests) == 2 and n_proposals(llm_env.requests[1]) == 1
     run(study, 2)
     assert len(llm_env.requests) == 2
-    assert [t.user_attrs["hpo:batch"] for t in study.trials[2:4]] == ["1/2", "2/2"]
-    assert {t.user_attrs["hpo:llm_call"] for t in study.trials[2:4]} == {"call-0002"}
+    assert [t.user_attrs["hpo:batch"] for t in study.trials[2:4]] == ["2/2", "1/1"]
+    assert [t.user_attrs["hpo:llm_call"] for t in study.trials[2:4]] == ["call-0001",
+                                                                         "call-0002"]
     assert sampler.prefetch(study, 0) == 0
 
 

@@ -98,8 +98,9 @@ def test_jobs_carry_the_trial_context_and_folds() -> None:
     assert [j[-2:] for j in jobs] == [
         [f"cv.fold={i}", f"hydra.sweep.subdir=trial_3/fold_{i}"] for i in range(3)
     ]
-    # only fold 0 reports to the trial (intermediate values, pruning)
-    assert ["++hydra.job.env_set.HPO_TRIAL_ID=11" in j for j in jobs] == [True, False, False]
+    # every fold job finds the trial: its own per-class scores and curves, prune checks
+    # (only fold 0 reports intermediate values: the job side decides that)
+    assert all("++hydra.job.env_set.HPO_TRIAL_ID=11" in j for j in jobs)
 
 
 def test_conditions_are_set_on_the_specs_not_written_into_descriptions() -> None:

@@ -450,9 +450,10 @@ class LLMSampler(BaseSampler):
 
         A caller that fills slots calls this before ``study.ask()``: the LLM's wait is then
         recorded as ``hpo:latency_s`` of the first trial of the batch and not counted in any
-        trial's duration; the asks pop the queued proposals. Of the next ``n`` trial numbers
-        (capped by the trials left), those the source choice gives to the LLM are asked for,
-        less the proposals already queued. Calls that fail are recorded on the trials they were
+        trial's duration; the asks pop the queued proposals. Of the next ``max(n, batch_size)``
+        trial numbers (the baseline skipped, capped by the trials left), those the source choice
+        gives to the LLM are asked for, less the proposals already queued: one call serves every
+        slot, as without prefetch. Calls that fail are recorded on the trials they were
         for (their fallback reason), which do not call again. Thread-safe; without prefetch
         every LLM trial with an empty queue makes the call itself.
 
@@ -472,17 +473,30 @@ class LLMSampler(BaseSampler):
             space = self._space(study)
             if not space:
                 return len(self._queue)
-            budget = self._trial_budget(trials)
-            if budget is not None:
-                n = min(n, budget.left)
+            # The asks about to come (the next n trial numbers) call only when the queue cannot
+            # serve their LLM trials; then one call serves the whole batch (every slot), as
+            # without prefetch: the next batch_size numbers the LLM gets, within the trials left.
             start = len(trials)
+            budget = self._trial_budget(trials)
+            end = start + budget.left if budget is not None else None
             self._failed_for = {i: r for i, r in self._failed_for.items() if i >= start}
-            numbers = [
-                i for i in range(start, start + n)
-                if not (self._baseline and i == 0) and i not in self._failed_for
-            ]
             evidence = self._evidence(study, trials)
-            llm = [i for i in numbers if self._policy.decide(i, evidence).to == "llm"]
+
+            def llm_numbers(count: int) -> list[int]:
+                out: list[int] = []
+                i = start
+                while i < start + count and (end is None or i < end):
+                    if (not (self._baseline and i == 0) and i not in self._failed_for
+                            and self._policy.decide(i, evidence).to == "llm"):
+                        out.append(i)
+                    i += 1
+                return out
+
+            if len(llm_numbers(n)) <= len(self._queue):
+                return len(self._queue)
+            # the baseline trial 0 takes no proposal: look one number further
+            ahead = max(n, self._batch_size) + (1 if self._baseline and start == 0 else 0)
+            llm = llm_numbers(ahead)[: max(n, self._batch_size)]
             want = len(llm) - len(self._queue)
             if want <= 0 or self._budget_reason(study) is not None:
                 return len(self._queue)
@@ -1038,7 +1052,8 @@ class LLMSampler(BaseSampler):
         if self._key_names != names:  # keys of trials are cached per search space
             self._key_names, self._trial_keys = names, {}
         seen: dict[tuple[Any, ...], str] = {}
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
             k = self._trial_keys.get(t._trial_id)
             if k is None:
                 params = t.params
@@ -1050,6 +1065,11 @@ class LLMSampler(BaseSampler):
         for item in self._queue:
             if all(n in item.values for n in names):
                 seen.setdefault(key(item.values, names), "a queued proposal")
+        if self._baseline and not trials and self._specs is not None:
+            # a prefetched first call comes before the baseline trial exists: it is still taken
+            defaults = {n: s.default for n, s in self._specs.items() if s.default is not None}
+            if all(n in defaults for n in names):
+                seen.setdefault(key(defaults, names), "the baseline (trial 0)")
         kept: list[Candidate] = []
         dropped: list[str] = []
         for c in candidates:
