@@ -15,7 +15,7 @@ For every (problem, method, seed) one study of max(budgets) trials runs; the tab
 mean normalized regret at each budget with a 95 % bootstrap CI, LLM calls/tokens/cost per run,
 and the goal of issue 12 (an LLM mode within 0.01 of TPE at the largest budget). Usage::
 
-    python benchmarks/bench_quality.py                    # 10 seeds, budgets 10,25,50
+    python benchmarks/bench_quality.py                    # 10 seeds, budgets 10,15,25,50
     python benchmarks/bench_quality.py --quick            # a few minutes: 3 seeds, budgets 5,10
     python benchmarks/bench_quality.py --agents adversarial,local --methods tpe,propose
     python benchmarks/bench_quality.py --docs             # also write docs/benchmarks.md
@@ -50,7 +50,7 @@ FULL = {
     "problems": "sphere_mixed,branin_mixed,digits_mlp,svc_digits,hgb_cancer,mlp_wine",
     "methods": "random,tpe,tpe_seeded,cmaes,gp,propose",
     "seeds": 10,
-    "budgets": [10, 25, 50],
+    "budgets": [10, 15, 25, 50],
 }
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 FIGURE = REPO_ROOT / "docs" / "figures" / "bench_quality.png"
@@ -75,7 +75,7 @@ def main() -> int:
                    help="add one agent (repeatable), e.g. --agent local")
     p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 10)")
     p.add_argument("--budgets", type=parse_ints, default=None,
-                   help="comma-separated trial budgets (default 10,25,50; --quick: 5,10)")
+                   help="comma-separated trial budgets (default 10,15,25,50; --quick: 5,10)")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "bench_quality",
                    help="runs (one JSON per study, reused by a rerun) and the figure")
@@ -111,6 +111,9 @@ def main() -> int:
     header("Search quality", args)
     for line in skipped:
         print(f"- {line}", flush=True)
+    if not methods:
+        print("nothing to run: every method asked for was skipped (see above)", file=sys.stderr)
+        return 1
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     progress(f"building {len(problems_arg)} problem(s)")
@@ -135,7 +138,8 @@ def main() -> int:
     # the expensive problems first, methods interleaved, so both processes stay busy
     jobs = [Job(pn, m.name, s, n_trials) for pn in reversed(problems_arg)
             for s in range(seeds) for m in methods]
-    runs = run_all(jobs, args.out, workers=args.workers, fresh=args.fresh, progress=progress)
+    runs, ran = run_all(jobs, args.out, workers=args.workers, fresh=args.fresh,
+                        progress=progress)
     wall = time.perf_counter() - t0
     load1 = os.getloadavg()
 
@@ -152,9 +156,11 @@ def main() -> int:
     title = (f"{seeds} seeds; mean normalized regret, 95 % bootstrap band; dashed: LLM modes "
              f"({', '.join(a for a in agents if not any(a in s for s in skipped))})")
     plot(all_curves, budgets, figure, title)
-    footer = (f"- runtime: {wall / 60:.1f} min for {len(jobs)} studies ({args.workers} "
-              f"processes); load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the "
-              f"end\n- figure: {figure}")
+    study_min = sum(r.wall_s for r in runs.values()) / 60
+    done = (f"{ran} studies run now in {args.workers} processes, {len(jobs) - ran} reused; "
+            f"the {len(jobs)} studies took {study_min:.0f} min of wall time summed")
+    footer = (f"- runtime: {wall / 60:.1f} min ({done}); load average {load0[0]:.1f} at the "
+              f"start, {load1[0]:.1f} at the end\n- figure: {figure}")
     print(footer, flush=True)
     write_json(args.json, tables)
     if args.docs:
@@ -165,8 +171,8 @@ def main() -> int:
             f"Command: `python benchmarks/bench_quality.py {argv}`",
             "",
             f"Machine: {machine_info()} (at the end); load average {load0[0]:.1f} at the "
-            f"start, {load1[0]:.1f} at the end; {wall / 60:.1f} min for {len(jobs)} studies "
-            f"in {args.workers} processes; {time.strftime('%Y-%m-%d %H:%M')}.",
+            f"start, {load1[0]:.1f} at the end; {wall / 60:.1f} min ({done}); "
+            f"{time.strftime('%Y-%m-%d %H:%M')}.",
             *[f"- {line}" for line in skipped],
             "",
             f"![convergence](figures/{FIGURE.name})",

@@ -77,7 +77,7 @@ def test_llm_use_is_counted_for_llm_methods_only(quick: dict[str, Any]) -> None:
         if r["method"] in LLM_METHODS:
             assert calls > 0 and tokens > 0, r
             # the first trial is the baseline (the defaults), never an LLM call
-            assert r["baseline/enqueued"] != "0 %", r
+            assert r["seed trials"] != "0 %", r
         else:
             assert calls == 0 and tokens == 0 and float(r["cost $"]) == 0, r
             assert r["LLM trials"] == "0 %", r

@@ -21,9 +21,9 @@ import threading
 from typing import Any
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from quality.problems import Problem
 
 from hpo.testing.fake_llm import RecordedRequest
+from quality.problems import Problem
 
 BEHAVIOURS = ("corner", "off_space", "repeat")
 

@@ -12,7 +12,8 @@ through :func:`hpo.samplers.sampler_from_agent_config`, from an ``agent`` mappin
 - ``claude``, ``openai``, ``deepseek``, ``gemini``, ``openrouter``: hosted presets, used only
   when their key is set.
 
-Adding a mode (e.g. ``agent.mode: hybrid``) is one line in :data:`LLM_MODES`.
+Adding a mode is one line in :data:`LLM_MODES`; a mode this hpo cannot build (an older
+``hpo.samplers`` without ``agent.mode``) is skipped with one line.
 """
 
 from __future__ import annotations
@@ -189,9 +190,30 @@ def llm_mode(mode: str) -> Factory:
 
 
 LLM_MODES: dict[str, Factory] = {
-    "propose": llm_mode("propose"),  # today's mode: the LLM proposes, TPE fills the gaps
-    # "hybrid": llm_mode("hybrid"),  # agent.mode: hybrid, once the sampler has it
+    "propose": llm_mode("propose"),  # the LLM proposes, TPE fills the gaps
+    "hybrid": llm_mode("hybrid"),  # a classical leader, the LLM proposes a share
 }
+
+
+def mode_unavailable(mode: str) -> str | None:
+    """Why this hpo cannot build ``agent.mode: <mode>`` (one line), or None when it can."""
+    from optuna.distributions import FloatDistribution
+
+    from hpo.errors import ConfigError
+    from hpo.samplers import sampler_from_agent_config
+    from hpo.space import ParamSpec
+
+    if mode == "propose":
+        return None  # the default: no mode key needed
+    try:
+        sampler_from_agent_config(
+            {"provider": "none", "mode": mode},
+            search_space=[ParamSpec(name="x", distribution=FloatDistribution(0, 1), default=0.5)],
+            fallback=optuna.samplers.RandomSampler(seed=0), seed=0, batch_size=1,
+        )
+    except ConfigError as exc:
+        return f"this hpo cannot build agent.mode={mode} ({exc})"
+    return None
 
 
 def by_name(name: str) -> Method:
@@ -228,7 +250,11 @@ def resolve(names: list[str], agents: list[str]) -> tuple[list[Method], list[str
         if name in CLASSICAL:
             methods.append(by_name(name))
         elif name in LLM_MODES:
-            methods += [by_name(f"{name}/{a}") for a in usable]
+            why = mode_unavailable(name)
+            if why is None:
+                methods += [by_name(f"{name}/{a}") for a in usable]
+            else:
+                skipped.append(f"mode {name}: skipped ({why})")
         else:
             known = ", ".join([*CLASSICAL, *LLM_MODES])
             raise ValueError(f"--methods: {name!r} is unknown: use {known}")

@@ -188,8 +188,9 @@ def run_all(
     workers: int,
     fresh: bool = False,
     progress: Callable[[str], None] = print,
-) -> dict[Job, Run]:
-    """Every job's run: read from ``out`` when there, else run in ``workers`` processes."""
+) -> tuple[dict[Job, Run], int]:
+    """Every job's run, read from ``out`` when there, else run in ``workers`` processes; and
+    how many were run now."""
     runs: dict[Job, Run] = {}
     todo: list[Job] = []
     for job in jobs:
@@ -201,7 +202,7 @@ def run_all(
     progress(f"{len(jobs)} runs: {len(runs)} already in {out / RUNS}, {len(todo)} to run "
              f"in {workers} process(es)")
     if not todo:
-        return runs
+        return runs, 0
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_init_worker) as pool:
@@ -213,4 +214,4 @@ def run_all(
                 elapsed = time.perf_counter() - t0
                 progress(f"{i}/{len(todo)} runs done in {elapsed:.0f} s "
                          f"(last: {job.problem} {job.method} seed {job.seed})")
-    return runs
+    return runs, len(todo)
