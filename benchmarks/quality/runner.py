@@ -129,6 +129,7 @@ def _source(trial: Any) -> str:
 def run_job(job: Job, out: Path) -> Run:
     """Run one study in this process and write its record."""
     import optuna
+
     from quality.methods import by_name
 
     problem = _problem(job.problem)
