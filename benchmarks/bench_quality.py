@@ -130,6 +130,7 @@ def main() -> int:
         plot,
         ranges_table,
         regret_table,
+        regret_wide_table,
         write_docs,
     )
     from quality.runner import Job, run_all
@@ -152,6 +153,8 @@ def main() -> int:
     ]
     for t in tables:
         t.print()
+    # the docs show the regret table wide (one row per problem and method)
+    docs_tables = [tables[0], regret_wide_table(all_curves, budgets), tables[3], tables[2]]
     figure = args.out / "bench_quality.png"
     title = (f"{seeds} seeds; mean normalized regret, 95 % bootstrap band; dashed: LLM modes "
              f"({', '.join(a for a in agents if not any(a in s for s in skipped))})")
@@ -170,14 +173,14 @@ def main() -> int:
         block = "\n".join([
             f"Command: `python benchmarks/bench_quality.py {argv}`",
             "",
-            f"Machine: {machine_info()} (at the end); load average {load0[0]:.1f} at the "
-            f"start, {load1[0]:.1f} at the end; {wall / 60:.1f} min ({done}); "
-            f"{time.strftime('%Y-%m-%d %H:%M')}.",
+            f"Machine: {machine_info().split('; load avg')[0]}; load average "
+            f"{load0[0]:.1f} at the start, {load1[0]:.1f} at the end; {wall / 60:.1f} min "
+            f"({done}); {time.strftime('%Y-%m-%d %H:%M')}.",
             *[f"- {line}" for line in skipped],
             "",
             f"![convergence](figures/{FIGURE.name})",
             "",
-            *[t.render().replace("### ", "#### ", 1) + "\n" for t in tables],
+            *[t.render().replace("### ", "#### ", 1) + "\n" for t in docs_tables],
         ])
         write_docs(DOC, block)
         progress(f"wrote {DOC} and {FIGURE}")

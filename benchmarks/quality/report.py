@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Table
+from _common import Table, fmt
 
 from quality.problems import Problem
 from quality.runner import Job, Run
@@ -97,6 +97,21 @@ def regret_table(all_curves: list[Curves], budgets: Sequence[int]) -> Table:
         "vs tpe / vs tpe_seeded: this method's mean regret minus theirs (negative = better)",
         "budgets are prefixes of one study per seed (anytime regret)",
     ]
+    return t
+
+
+def regret_wide_table(all_curves: list[Curves], budgets: Sequence[int]) -> Table:
+    """The regret table for the docs: one row per (problem, method), one column per budget."""
+    t = Table("Mean normalized regret [95 % bootstrap CI] after b trials",
+              ["problem", "method", *(f"b={b}" for b in budgets)])
+    for c in all_curves:
+        cells = []
+        for b in budgets:
+            mean, low, high = bootstrap_mean_ci(c.regret[:, b - 1])
+            cells.append(f"{fmt(float(mean))} [{fmt(float(low))}, {fmt(float(high))}]")
+        t.add(c.problem, c.method, *cells)
+    t.notes.append("the same figures as the long table printed by the script, which also has "
+                   "each method's difference to TPE and seeded TPE")
     return t
 
 
