@@ -68,9 +68,9 @@ def main() -> int:
                    help=f"comma-separated (default {FULL['methods']}; --quick: "
                         f"{QUICK['methods']})")
     p.add_argument("--agents", default="adversarial",
-                   help="comma-separated LLMs of the LLM modes: adversarial, local, claude, "
-                        "openai, deepseek, gemini, openrouter (default adversarial; an "
-                        "unavailable one is skipped with one line)")
+                   help="comma-separated LLMs of the LLM modes: adversarial, corners (scripted "
+                        "fake LLMs), local, claude, openai, deepseek, gemini, openrouter "
+                        "(default adversarial; an unavailable one is skipped with one line)")
     p.add_argument("--agent", dest="agents_extra", action="append", default=[],
                    help="add one agent (repeatable), e.g. --agent local")
     p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 10)")

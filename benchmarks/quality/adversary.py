@@ -12,6 +12,8 @@ Its replies rotate through three behaviours, one per proposer request:
 3. ``repeat``: the seed configuration, i.e. a repeat of the study's baseline trial.
 
 Analyst and other non-proposer requests get the fake server's default (a schema-shaped reply).
+``behaviours=("corner",)`` makes the harshest variant: a fresh worst corner on every call, as
+the far-corner LLM that issue 12 measured against the 2-D sphere.
 """
 
 from __future__ import annotations
@@ -33,10 +35,16 @@ class AdversarialResponder:
 
     Args:
         problem: The problem whose corners and defaults it proposes.
+        behaviours: The behaviours to rotate through, one per proposer request.
     """
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, behaviours: tuple[str, ...] = BEHAVIOURS) -> None:
+        unknown = sorted(set(behaviours) - set(BEHAVIOURS))
+        if unknown or not behaviours:
+            raise ValueError(f"behaviours {unknown or behaviours!r} are invalid: use some of "
+                             f"{BEHAVIOURS}")
         self.problem = problem
+        self.behaviours = tuple(behaviours)
         self._corners = problem.corners()
         self._numeric = [p.name for p in problem.space
                          if not isinstance(p.distribution, CategoricalDistribution)]
@@ -55,7 +63,7 @@ class AdversarialResponder:
             if "<errors>" in req.last_user_text and self._last_reply is not None:
                 self.counts["repair_refused"] += 1
                 return self._last_reply  # a stubborn repair: the same invalid values again
-            behaviour = BEHAVIOURS[self._proposer_calls % len(BEHAVIOURS)]
+            behaviour = self.behaviours[self._proposer_calls % len(self.behaviours)]
             self._proposer_calls += 1
             self.counts[behaviour] += 1
             k = _n_proposals(req.last_user_text)

@@ -8,6 +8,7 @@ through :func:`hpo.samplers.sampler_from_agent_config`, from an ``agent`` mappin
 - ``adversarial``: :class:`hpo.testing.FakeLLMServer` on loopback, scripted by
   :class:`quality.adversary.AdversarialResponder`, reached by the real OpenAI SDK client
   (preset ``openai``, model ``gpt-4o-mini``: the cost column prices the tokens at its rates);
+  ``corners``: the same server, every reply a fresh worst corner (the harshest script);
 - ``local``: the ``local`` preset (``$HPO_LOCAL_BASE_URL``, e.g. ``scripts/llama-local.sh``);
 - ``claude``, ``openai``, ``deepseek``, ``gemini``, ``openrouter``: hosted presets, used only
   when their key is set.
@@ -33,7 +34,9 @@ from quality.problems import Problem
 CONF_AGENT = Path(__file__).resolve().parents[2] / "conf" / "agent"
 FAKE_KEY_ENV = "HPO_BENCH_FAKE_KEY"
 HOSTED = ("claude", "openai", "deepseek", "gemini", "openrouter")
-AGENTS = ("adversarial", "local", *HOSTED)
+# scripted LLMs behind the fake server: name -> the adversary's behaviours
+SCRIPTED = {"adversarial": ("corner", "off_space", "repeat"), "corners": ("corner",)}
+AGENTS = (*SCRIPTED, "local", *HOSTED)
 
 
 @dataclass
@@ -130,7 +133,7 @@ def agent_unavailable(agent: str) -> str | None:
     """Why ``agent`` cannot run here (one line), or None when it can."""
     from hpo.llm.providers import LOCAL_DEFAULT_BASE_URL, PRESETS
 
-    if agent == "adversarial":
+    if agent in SCRIPTED:
         return None
     if agent == "local":
         url = os.environ.get("HPO_LOCAL_BASE_URL") or LOCAL_DEFAULT_BASE_URL
@@ -160,11 +163,11 @@ def llm_mode(mode: str) -> Factory:
         assert agent is not None
         close: Callable[[], None] = lambda: None  # noqa: E731
         stats: Callable[[], dict[str, Any]] = dict
-        if agent == "adversarial":
+        if agent in SCRIPTED:
             from hpo.testing.fake_llm import FakeLLMServer
             from quality.adversary import AdversarialResponder
 
-            responder = AdversarialResponder(problem)
+            responder = AdversarialResponder(problem, SCRIPTED[agent])
             server = FakeLLMServer(responder=responder, seed=seed).start()
             os.environ[FAKE_KEY_ENV] = "sk-bench-not-a-secret"
             cfg = preset_config("openai")
