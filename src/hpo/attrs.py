@@ -137,6 +137,11 @@ DRIVERS = _key(
     'the drivers that ran the study, oldest first (50 kept): `{"id": "host:pid:start", '
     '"output_dir": ".../trial_{number}"}`, the pattern null when not derivable (old studies: '
     "plain id strings)")
+APP = _key(
+    "hpo:app", "study", "sweeper (hpo.best.write_results)",
+    '`{"argv": [...], "config_name": ..., "config_dir": ..., "groups": [...]}`: how the '
+    "sweep's app is started (program and config flags, no overrides) and its config groups; "
+    "`python -m hpo.best` builds rerun commands and exported configs from it")
 SEARCH_SPACE = _key("hpo:search_space", "study", "sweeper",
                     "`{param: distribution class}` of the first run")
 STOP = _key("hpo:stop", "study", "sampler", "the planner's reason to stop the study")
