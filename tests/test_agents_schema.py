@@ -234,5 +234,5 @@ def test_local_provider_gets_the_grid_and_hosted_ones_the_bounds(
 def test_unknown_schema_numbers_is_one_line() -> None:
     from hpo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="agent.schema_numbers='exact' is unknown"):
+    with pytest.raises(ConfigError, match=r"agent.schema_numbers='exact' is unknown"):
         build_chain({"provider": "none", "schema_numbers": "exact"})

@@ -32,7 +32,7 @@ from _sampler_env import (  # noqa: F401 (the fixtures)
     make_chain,
     server_fixture,
 )
-from hpo.samplers import LLMSampler, redact, redact_obj
+from hpo.samplers import LLMSampler, redact, redact_obj, sampler_from_agent_config
 from hpo.samplers._choice import draw
 from hpo.space import ParamSpec, check_value
 from hpo.testing import FakeLLMServer, FakeReply, random_proposer
@@ -586,13 +586,19 @@ def test_malformed_reply_falls_back_and_is_accounted(
     assert doc["error"] and doc["raw_text"] == "this is not JSON at all"
 
 
-def test_the_chains_own_budget_means_budget(llm_env: FakeLLMServer, tmp_path: Path) -> None:
-    chain = make_chain(budget={"max_tokens": 1})
-    sampler = LLMSampler(chain=chain, search_space=SPACE, baseline=False)
+def test_the_agent_budget_is_the_samplers(llm_env: FakeLLMServer, tmp_path: Path) -> None:
+    # agent.budget reaches the one enforcer, the sampler (from storage), not the chain
+    sampler = sampler_from_agent_config(
+        {"provider": "openai", "chain": "single", "max_retries": 0, "dump_prompts": False,
+         "budget": {"max_tokens": 1}},
+        search_space=SPACE, fallback=optuna.samplers.RandomSampler(seed=0), seed=0,
+        batch_size=1,
+    )
     study = new_study(sampler, tmp_path)
-    run(study, 3)
+    run(study, 4)  # the baseline, one LLM trial, then the budget is spent
+    sources = [t.user_attrs.get("hpo:source") for t in study.trials]
     reasons = [t.user_attrs.get("hpo:fallback_reason") for t in study.trials]
-    assert reasons == [None, "budget", "budget"]
+    assert sources[:2] == ["baseline", "llm"] and reasons[2:] == ["budget", "budget"]
     assert len(llm_env.requests) == 1
 
 

@@ -1,8 +1,22 @@
-"""The typed errors of hpo. Each message is one line naming the bad value and the fix."""
+"""The typed errors of hpo. Each message is one line naming the bad value and the fix.
+
+A plain exception hierarchy: nothing here imports Hydra, so :mod:`hpo.llm`, :mod:`hpo.agents`
+and :mod:`hpo.samplers` load without it. Only the Hydra entry points (``python -m hpo.train``'s
+``main`` and the ``hpo`` sweeper) turn an :class:`HPOError` into Hydra's one-line form
+(:func:`hpo.hydra_errors.reported_by_hydra`), so a user sees one line and a non-zero exit.
+"""
 
 from __future__ import annotations
 
-from hydra.errors import CompactHydraException
+__all__ = [
+    "ConfigError",
+    "DataUnavailableError",
+    "FailureRateExceeded",
+    "HPOError",
+    "MetricNotFoundError",
+    "SearchSpaceError",
+    "first_line",
+]
 
 
 def first_line(exc: BaseException, default: str | None = None) -> str:
@@ -13,11 +27,12 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     return type(exc).__name__ if default is None else default
 
 
-class HPOError(CompactHydraException):
-    """Base class of every error hpo raises on purpose.
+class HPOError(Exception):
+    """Base class of every error hpo raises on purpose: something the user can fix.
 
-    A ``CompactHydraException``: Hydra prints its message alone, without a stack trace, when it
-    ends a run (set HYDRA_FULL_ERROR=1 for the trace).
+    Its message is one line naming the bad value and the fix. The Hydra entry points print it
+    alone, without a stack trace (set HYDRA_FULL_ERROR=1 for the trace); the other commands
+    (``hpo.report``, ``hpo.status``, ...) print it and exit non-zero themselves.
     """
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from hpo.hydra_errors import reported_by_hydra
 from hpo.paths import config_dir
 
 __all__ = ["config_dir", "main", "train"]
@@ -36,8 +37,9 @@ def train(cfg: DictConfig) -> float | list[float]:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | list[float]:
-    """Entry point of ``python -m hpo.train``."""
-    return train(cfg)
+    """Entry point of ``python -m hpo.train``: an ``HPOError`` ends a single run with one line."""
+    with reported_by_hydra(job=True):
+        return train(cfg)
 
 
 if __name__ == "__main__":

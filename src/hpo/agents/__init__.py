@@ -10,15 +10,15 @@ from __future__ import annotations
 from hpo.agents.cache import CachingClient
 from hpo.agents.chain import (
     AgentChain,
-    Budget,
-    BudgetExceeded,
     CallRecord,
+    ChainError,
     ChainResult,
     RoleSettings,
     StagedChain,
     StudyView,
     TrialBudget,
 )
+from hpo.agents.config import AgentConfig, BudgetConfig, RoleConfig
 from hpo.agents.factory import NO_CREDENTIALS_WARNING, build_chain
 from hpo.agents.features import (
     CurveFeatures,
@@ -47,12 +47,13 @@ __all__ = [
     "ROLES",
     "STAGES",
     "AgentChain",
+    "AgentConfig",
     "AnalystReply",
     "Anonymizer",
-    "Budget",
-    "BudgetExceeded",
+    "BudgetConfig",
     "CachingClient",
     "CallRecord",
+    "ChainError",
     "ChainResult",
     "ConsultantReply",
     "CurveFeatures",
@@ -62,6 +63,7 @@ __all__ = [
     "Proposal",
     "ProposerReply",
     "ResearchReply",
+    "RoleConfig",
     "RoleSettings",
     "StagedChain",
     "StudyView",

@@ -10,17 +10,19 @@ The sampler checks, repairs (through :meth:`AgentChain.repair`), clamps or repla
 proposal; chains never see Hydra.
 
 Failure policy: an :class:`~hpo.llm.base.LLMError` from a proposing role (proposer, consultant,
-supervisor, planner, repair) propagates out of ``propose``/``repair`` with the partial result
-attached as ``exc.chain_result``; the sampler falls back. Analyst and researcher failures only
-drop their input and are recorded in ``calls`` with ``error`` set.
+supervisor, planner, repair) ends ``propose``/``repair`` with a :class:`ChainError` that carries
+the partial result (the calls made so far, their usage); the sampler falls back. Analyst and
+researcher failures only drop their input and are recorded in ``calls`` with ``error`` set.
+
+A chain has no budget of its own: the sampler enforces ``agent.budget`` from the study's totals
+in storage (restart-safe, shared by every process of a sweep), before each chain call.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -46,9 +48,8 @@ from hpo.space import ParamSpec
 __all__ = [
     "VERDICT_TEXT",
     "AgentChain",
-    "Budget",
-    "BudgetExceeded",
     "CallRecord",
+    "ChainError",
     "ChainResult",
     "RoleSettings",
     "StagedChain",
@@ -225,28 +226,26 @@ class RoleSettings:
     max_tokens: int | None = None
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Spending caps over the chain's lifetime; None means no cap."""
+class ChainError(LLMError):
+    """A chain's ``propose``/``repair`` failed: an LLM call of a proposing role failed.
 
-    max_tokens: int | None = None
-    max_usd: float | None = None
+    Reads like the LLM error that caused it (``kind``, ``permanent``, ``fix``, ``request`` and
+    the message are the cause's) and carries what the chain did before failing.
 
-    def exceeded(self, spent: Usage) -> str | None:
-        """Why ``spent`` is over budget, or None."""
-        if self.max_tokens is not None:
-            total = spent.input_tokens + spent.output_tokens
-            if total >= self.max_tokens:
-                return f"token budget spent ({total} >= {self.max_tokens})"
-        if self.max_usd is not None and spent.cost_usd >= self.max_usd:
-            return f"cost budget spent (${spent.cost_usd:.4f} >= ${self.max_usd:.4f})"
-        return None
+    Attributes:
+        cause: The LLM error of the failed call (also ``__cause__``).
+        result: The partial result: the calls made so far (the failed one included, with
+            ``error`` set) and their usage; no proposals.
+    """
 
-
-class BudgetExceeded(LLMError):
-    """The agent budget is spent: no more LLM calls (the sampler falls back)."""
-
-    kind = "budget"
+    def __init__(self, cause: LLMError, result: ChainResult) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.result = result
+        self.kind = cause.kind
+        self.permanent = cause.permanent
+        self.fix = cause.fix
+        self.request = cause.request
 
 
 @dataclass
@@ -302,7 +301,6 @@ class StagedChain:
         history: How much history each prompt shows.
         anonymizer: Applied to free text rendered into prompts.
         prompts: The prompt templates.
-        budget: Token / cost caps over the chain's lifetime.
         consultant_turns: Discussion turns of the consultants stage (``2 * turns`` calls).
         schema_grid: Send numeric parameters as an enum of about this many values inside their
             bounds (see :func:`hpo.agents.schema.param_schema`); None sends the bounds.
@@ -323,7 +321,6 @@ class StagedChain:
         history: HistoryOptions | None = None,
         anonymizer: Anonymizer | None = None,
         prompts: PromptSet | None = None,
-        budget: Budget | None = None,
         consultant_turns: int = 2,
         schema_grid: int | None = None,
     ) -> None:
@@ -342,9 +339,6 @@ class StagedChain:
         self.history = history or HistoryOptions()
         self.anonymizer = anonymizer or Anonymizer()
         self.prompts = prompts or PromptSet()
-        self.budget = budget or Budget()
-        self.spent = Usage()
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         c = self.default.client
@@ -356,8 +350,8 @@ class StagedChain:
         """Proposals for ``view.n_proposals`` slots from the chain's stages.
 
         Raises:
-            LLMError: A proposing or consulting role failed (``exc.chain_result`` holds the
-                partial result).
+            ChainError: A proposing or consulting role failed (``exc.result`` holds the partial
+                result).
         """
 
         def run(view: StudyView, result: ChainResult) -> None:
@@ -374,7 +368,7 @@ class StagedChain:
         """Ask once more for proposals that fix ``errors`` (one per rejected proposal or issue).
 
         Raises:
-            LLMError: The repair call failed (the sampler clamps or falls back).
+            ChainError: The repair call failed (the sampler clamps or falls back).
         """
 
         def run(view: StudyView, result: ChainResult) -> None:
@@ -501,24 +495,21 @@ class StagedChain:
             role = "consultant"
         return self.roles.get(role, self.default)
 
-    def _run(self, fn: Any, view: StudyView) -> ChainResult:
+    def _run(self, fn: Callable[[StudyView, ChainResult], None], view: StudyView) -> ChainResult:
         result = ChainResult(proposals=[], diagnosis=None)
         try:
             fn(view, result)
         except LLMError as exc:
-            exc.chain_result = result  # type: ignore[attr-defined]
-            raise
+            raise ChainError(exc, result) from exc
         return result
 
     def _optional(
         self, role: str, reply_model: type[R], values: Mapping[str, Any], result: ChainResult,
         *, drops: str, **kwargs: Any,
     ) -> R | None:
-        """A call whose failure only drops its input (``drops``); a spent budget still stops."""
+        """A call whose failure only drops its input (``drops``)."""
         try:
             return self._call(role, reply_model, values, result, **kwargs)
-        except BudgetExceeded:
-            raise
         except LLMError as exc:
             logger.warning("%s failed (%s): proposing without its %s", role, exc.kind, drops)
             result.notes.append(f"{role} failed ({exc.kind}): no {drops}")
@@ -540,12 +531,6 @@ class StagedChain:
         client = settings.client
         system, user = self.prompts.render(prompt_role or role, values)
         messages = [Message(role="user", content=user)]
-        with self._lock:
-            why = self.budget.exceeded(self.spent)
-        if why:
-            raise BudgetExceeded(
-                f"agent budget: {why}; raise agent.budget or let the fallback sampler run"
-            )
         extra: dict[str, Any] = {}
         if schema is not None:
             extra["schema"] = schema
@@ -599,8 +584,6 @@ class StagedChain:
     def _record(self, record: CallRecord, result: ChainResult) -> None:
         result.calls.append(record)
         result.usage = result.usage + record.usage
-        with self._lock:
-            self.spent = self.spent + record.usage
         logger.debug(
             "%s/%s: %s %s, %d+%d tokens, $%.4f%s%s",
             self.name,

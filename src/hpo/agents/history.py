@@ -198,7 +198,7 @@ class HistoryOptions:
                      "per_class_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"history {name}={value!r} is invalid: use an integer >= 0")
+                raise ValueError(f"history.{name}={value!r} is invalid: use an integer >= 0")
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> HistoryOptions:

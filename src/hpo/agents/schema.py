@@ -66,6 +66,7 @@ def numeric_grid(dist: IntDistribution | FloatDistribution, points: int) -> list
     step = dist.step
     if step is not None:
         count = round((high - low) / step) + 1
+        idx: Sequence[int]
         if count <= 2 * points:
             idx = range(count)
         else:

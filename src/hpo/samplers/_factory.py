@@ -3,19 +3,8 @@
 CONTRACT (shared by the sweeper and hpo.samplers): the sweeper calls
 :func:`sampler_from_agent_config` with what only it knows (search space, slots, budget, where to
 dump); everything the ``agent`` mapping decides (chain, mode, shares, budgets, context) is read
-here, so a new agent key needs no change in the sweeper.
-
-The sampler's keys of the ``agent`` mapping (validated here, before the chain is built)::
-
-    mode: propose          # propose | hybrid
-    leader: auto           # hybrid: auto | cmaes | tpe | gp
-    llm_share: 0.25        # hybrid: share of trials asked of the LLM
-    llm_floor: 0.05        # the lowest share the bandit may cut the LLM to
-    adaptive_share: true   # the bandit adapts the LLM's share to how its trials do
-    startup_trials: null   # classical trials first (baseline included); null: mode default
-    stall_trials: 10       # hybrid: trials without improvement that hand the LLM a turn
-    rank_candidates: 0     # hybrid + CMA-ES: the LLM ranks k of the leader's draws
-    fallback_share: 0.0    # propose: share of trials left to the classical sampler
+here, from the ONE validated :class:`~hpo.agents.config.AgentConfig` (its keys are documented in
+``conf/agent/auto.yaml``), so a new agent key needs no change in the sweeper.
 """
 
 from __future__ import annotations
@@ -48,7 +37,8 @@ def sampler_from_agent_config(
     """The :class:`~hpo.samplers.LLMSampler` a sweep runs on.
 
     Args:
-        agent_cfg: A plain mapping shaped like ``conf/agent/*.yaml``.
+        agent_cfg: A plain mapping shaped like ``conf/agent/*.yaml`` (or an
+            :class:`~hpo.agents.config.AgentConfig`).
         search_space: The searched parameters, with defaults and descriptions.
         fallback: The classical sampler (startup, failures, shares; in hybrid mode the
             leader's sampler of categorical parameters, or the TPE leader itself).
@@ -58,98 +48,45 @@ def sampler_from_agent_config(
             ``min(batch_size, trials left)`` trials, those given to the LLM.
         n_trials: The study's trial budget (shown to the LLM; caps the proposals per call).
         dump_dir: Folder for the audit copy of every LLM call (written when
-            ``agent_cfg["dump_prompts"]`` is true, the default).
+            ``agent.dump_prompts`` is true, the default).
         objective_names: One name per objective, for the prompts.
         sensitive: Names to anonymize in prompts (dataset, model, study, paths).
         fidelity: What one trial costs, e.g. "up to 20 epochs per trial" (the sampler adds
             the median duration of the finished trials).
 
     Raises:
-        ConfigError: An invalid ``agent`` value (the sampler's keys, or
-            :func:`hpo.agents.factory.build_chain`'s).
+        ConfigError: An invalid ``agent`` value or combination (one line naming the key).
     """
+    from hpo.agents.config import AgentConfig
     from hpo.agents.factory import build_chain
-    from hpo.samplers._leader import LEADERS
-    from hpo.samplers._llm import MODES, LLMSampler
+    from hpo.samplers._llm import LLMSampler
 
-    agent = dict(agent_cfg)
-    mode = str(agent.get("mode") or "propose").strip().lower()
-    if mode not in MODES:
-        raise ConfigError(f"agent.mode={mode!r} is unknown: use one of {', '.join(MODES)}")
-    leader = str(agent.get("leader") or "auto").strip().lower()
-    if leader not in LEADERS:
-        raise ConfigError(f"agent.leader={leader!r} is unknown: use one of {', '.join(LEADERS)}")
-    llm_share = _number(agent, "llm_share", 0.25, high=1.0)
-    llm_floor = _number(agent, "llm_floor", 0.05, high=1.0)
-    fallback_share = _number(agent, "fallback_share", 0.0, high=1.0)
-    startup = agent.get("startup_trials")
-    startup_trials = None if startup is None else int(_number(agent, "startup_trials", 0,
-                                                              integer=True))
-    stall_trials = int(_number(agent, "stall_trials", 10, integer=True))
-    rank_candidates = int(_number(agent, "rank_candidates", 0, integer=True))
-    adaptive = agent.get("adaptive_share", True)
-    if not isinstance(adaptive, bool):
-        raise ConfigError(f"agent.adaptive_share={adaptive!r} is invalid: use true or false")
-    if mode == "hybrid" and fallback_share:
-        raise ConfigError(
-            f"agent.fallback_share={fallback_share} applies to agent.mode=propose: with "
-            "agent.mode=hybrid set agent.llm_share (the LLM's share) instead"
-        )
-    if rank_candidates and (mode != "hybrid" or leader not in ("auto", "cmaes")):
-        raise ConfigError(
-            f"agent.rank_candidates={rank_candidates} needs agent.mode=hybrid with the CMA-ES "
-            "leader (agent.leader=cmaes): set those, or agent.rank_candidates=0"
-        )
-
+    agent = AgentConfig.from_mapping(agent_cfg)
     chain = build_chain(agent, sensitive=sensitive)
-    budget = agent.get("budget") or {}
-    context = agent.get("context")
     try:
         return LLMSampler(
             chain=chain,
             search_space=search_space,
             fallback=fallback,
             baseline=True,
-            fallback_share=fallback_share,
+            fallback_share=agent.fallback_share,
             batch_size=batch_size,
             seed=seed,
-            max_tokens=budget.get("max_tokens"),
-            max_usd=budget.get("max_usd"),
-            dump_dir=dump_dir if agent.get("dump_prompts", True) else None,
+            max_tokens=agent.budget.max_tokens,
+            max_usd=agent.budget.max_usd,
+            dump_dir=dump_dir if agent.dump_prompts else None,
             objective_names=objective_names,
-            context={"task": str(context)} if context else None,
-            mode=mode,  # type: ignore[arg-type]
+            context={"task": agent.context} if agent.context else None,
+            mode=agent.mode,
             n_trials=n_trials,
             fidelity=fidelity,
-            leader=leader,
-            llm_share=llm_share,
-            llm_floor=llm_floor,
-            adaptive_share=adaptive,
-            startup_trials=startup_trials,
-            stall_trials=stall_trials,
-            rank_candidates=rank_candidates,
+            leader=agent.leader,
+            llm_share=agent.llm_share,
+            llm_floor=agent.llm_floor,
+            adaptive_share=agent.adaptive_share,
+            startup_trials=agent.startup_trials,
+            stall_trials=agent.stall_trials,
+            rank_candidates=agent.rank_candidates,
         )
     except ValueError as exc:  # a combination only the search space reveals
         raise ConfigError(f"agent: {exc}") from None
-
-
-def _number(
-    agent: Mapping[str, Any],
-    key: str,
-    default: float,
-    *,
-    high: float | None = None,
-    integer: bool = False,
-) -> float:
-    value = agent.get(key)
-    if value is None:
-        return default
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-    if ok and integer:
-        ok = float(value) == int(value)
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        what = "an integer >= 0" if integer else f"a number in [0, {high}]"
-        raise ConfigError(f"agent.{key}={value!r} is invalid: use {what}")
-    return float(value)

@@ -120,9 +120,10 @@ class _Spent:
         self.usage = self.usage + result.usage
 
     def add_failure(self, exc: Exception) -> None:
-        partial = getattr(exc, "chain_result", None)
-        if partial is not None:  # the chain attaches what it did before failing
-            self.add(partial)
+        from hpo.agents.chain import ChainError
+
+        if isinstance(exc, ChainError):  # what the chain did before failing
+            self.add(exc.result)
         elif isinstance(exc, LLMMalformedReply):
             self.usage = self.usage + exc.usage
 
@@ -159,9 +160,9 @@ class LLMSampler(BaseSampler):
       ``share`` / ``bandit`` (the source choice), ``no_llm``, ``llm_error:<kind>`` (the
       :class:`~hpo.llm.base.LLMError` kind; ``internal`` for any other exception of the
       chain), ``llm_disabled:<kind>`` (a permanent error such as ``auth`` or
-      ``model_not_found`` disabled the LLM for the sweep: no more calls), ``budget`` (this
-      sampler's or the chain's own budget), ``stop`` or ``no_proposal`` (the chain's reply
-      left nothing usable).
+      ``model_not_found`` disabled the LLM for the sweep: no more calls), ``budget``
+      (``max_tokens`` / ``max_usd`` spent, counted from the study's totals in storage),
+      ``stop`` or ``no_proposal`` (the chain's reply left nothing usable).
 
     Slots, batches and proposals: the caller runs ``n_jobs`` trials in parallel and passes
     ``batch_size=n_jobs`` (the sweeper does so at construction). When an LLM trial finds the
@@ -406,8 +407,10 @@ class LLMSampler(BaseSampler):
 
     @property
     def llm_disabled(self) -> str | None:
-        """Why the LLM is no longer asked in this sweep (``llm_disabled:<kind>``, ``budget``),
-        or None."""
+        """Why the LLM is no longer asked in this sweep (``llm_disabled:<kind>``), or None.
+
+        A spent ``max_tokens`` / ``max_usd`` is not recorded here: it is read from storage
+        before each call (fallback reason ``budget``)."""
         return self._disabled_reason
 
     def set_search_space(self, specs: Sequence[ParamSpec] | None) -> None:
@@ -948,14 +951,13 @@ class LLMSampler(BaseSampler):
         if not isinstance(exc, LLMError):
             _logger.exception("The LLM chain's %s raised unexpectedly; using the fallback.", what)
             return "llm_error:internal"
+        from hpo.agents.chain import ChainError
+
+        if isinstance(exc, ChainError):  # named by the LLM error behind it
+            exc = exc.cause
         kind = exc.kind
         message = redact(f"{type(exc).__name__}: {exc}")
-        if kind == "budget":  # the chain's own budget (agent.budget) is spent
-            self._warn_once("budget", "The agent's budget is spent (%s): the remaining trials "
-                            "come from the classical sampler.", message)
-            self._disabled_reason = "budget"
-            return "budget"
-        if getattr(exc, "permanent", False):
+        if exc.permanent:
             if self._disabled_reason is None:
                 self._disabled_reason = f"llm_disabled:{kind}"
                 fix = getattr(exc, "fix", None) or _FIXES.get(kind, "fix the agent config")

@@ -1,6 +1,7 @@
 """The ``hpo`` Hydra sweeper: an Optuna 5 study driven by an LLM agent chain.
 
-This facade is imported at every Hydra start, so it stays light: the work is in ``_impl``.
+This facade is imported at every Hydra start, so it stays light: the work is in ``_impl``. It is
+the sweeper's Hydra entry point: an ``HPOError`` raised below ends the run as one line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hpo.hydra_errors import reported_by_hydra
+
 from .config import HPOSweeperConf  # noqa: F401  (registers hydra/sweeper=hpo)
 
 
@@ -20,14 +23,17 @@ class HPOSweeper(Sweeper):
     def __init__(self, **kwargs: Any) -> None:
         from ._impl import HPOSweeperImpl
 
-        self.sweeper = HPOSweeperImpl(**kwargs)
+        with reported_by_hydra():
+            self.sweeper = HPOSweeperImpl(**kwargs)
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        self.sweeper.setup(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
+        with reported_by_hydra():
+            self.sweeper.setup(
+                hydra_context=hydra_context, task_function=task_function, config=config
+            )
 
     def sweep(self, arguments: list[str]) -> Any:
-        return self.sweeper.sweep(arguments)
+        with reported_by_hydra():
+            return self.sweeper.sweep(arguments)
