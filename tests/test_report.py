@@ -20,7 +20,14 @@ from PIL import Image
 import hpo.diagram
 from hpo.diagram import chain_mermaid, load_agent_config
 from hpo.errors import ConfigError
-from hpo.report import Report, build_report, leaderboard_rows, main
+from hpo.report import (
+    Report,
+    axis_scale,
+    build_report,
+    importance_trials_needed,
+    leaderboard_rows,
+    main,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 SOURCES = ["baseline", "llm", "llm", "repaired", "fallback", "llm", "clamped", "fallback"]
@@ -78,7 +85,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, optuna.Study,
     url = f"sqlite:///{root / 'hpo.db'}"
     study = optuna.create_study(study_name="digits-mlp", storage=url, direction="maximize")
     study.set_metric_names(["val/acc"])
-    _add_trials(study, 12)
+    _add_trials(study, 16)  # 14 complete: enough for importances of 4 parameters
     study.set_user_attr("hpo:tokens_in_total", 5000)
     study.set_user_attr("hpo:tokens_out_total", 1400)
     study.set_user_attr("hpo:cost_usd_total", 0.0077)
@@ -114,11 +121,11 @@ def test_every_file_exists_and_pngs_are_valid(single: tuple[str, optuna.Study, R
 def test_leaderboard_sorted_with_provenance(single: tuple[str, optuna.Study, Report]) -> None:
     _, study, report = single
     rows = list(csv.DictReader(io.StringIO(report.leaderboard.read_text())))
-    assert len(rows) == 12
+    assert len(rows) == 16
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     values = [float(r["val/acc"]) for r in complete]
     assert values == sorted(values, reverse=True)
-    assert [r["rank"] for r in complete] == [str(i) for i in range(1, 11)]
+    assert [r["rank"] for r in complete] == [str(i) for i in range(1, 15)]
     assert int(complete[0]["number"]) == study.best_trial.number
     assert [r["state"] for r in rows[-2:]] == ["PRUNED", "FAIL"]
     assert rows[-1]["error"] == "CUDA out of memory (trace)"
@@ -168,7 +175,46 @@ def test_tiny_study_skips_what_it_cannot_draw(tmp_path: Path) -> None:
     assert "importances" in report.skipped
     assert {"by_source", "tokens_cost", "best_by_choice"} <= set(report.skipped)
     assert "history" in report.plots
-    assert "needs 2 complete trials" in report.html.read_text()
+    assert "Not drawn: needs 2 parameters, the study has 1" in report.html.read_text()
+
+
+def test_importances_need_enough_trials_and_say_why(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="few", storage=f"sqlite:///{tmp_path / 'few.db'}",
+                                direction="maximize")
+    _add_trials(study, 8)  # 6 complete trials, 4 parameters
+    assert importance_trials_needed(4) > 6
+    report = build_report(study, tmp_path / "out")
+    why = report.skipped["importances"]
+    assert "6 complete trials are too few to rank 4 parameters" in why
+    assert f"need {importance_trials_needed(4)}" in why
+    assert not (report.out_dir / "importances.png").exists()
+    html = report.html.read_text()
+    caption = html.index('data-plot="importances"')  # in the plot's place, between its peers
+    assert html.index('alt="history"') < caption < html.index('alt="parallel_coordinates"')
+
+
+@pytest.mark.parametrize(("values", "scale"), [
+    ([1.2e3, 5e4, 2.1e6], "log"),  # parameter counts: decades apart
+    ([0.75, 0.81, 0.94], "linear"),  # accuracies
+    ([-1.0, 50.0], "linear"),  # not all positive
+    ([3e-4, 2e-3, math.nan], "linear"),  # within one decade once the nan is dropped
+])
+def test_axis_scale_follows_the_data(values: list[float], scale: str) -> None:
+    assert axis_scale(values) == scale
+
+
+def test_pareto_draws_a_log_objective(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="nas", storage=f"sqlite:///{tmp_path / 'nas.db'}",
+                                directions=["maximize", "minimize"])
+    study.set_metric_names(["val/acc", "params"])
+    dist = {"width": FloatDistribution(8, 4096, log=True)}
+    for w in (8, 32, 128, 512, 2048, 4096):
+        study.add_trial(create_trial(params={"width": w}, distributions=dist,
+                                     values=[0.6 + 0.05 * math.log2(w) / 2, 100.0 * w * w]))
+    report = build_report(study, tmp_path / "out")
+    assert "pareto_front" in report.plots, report.skipped
+    assert axis_scale([t.values[1] for t in study.trials]) == "log"
+    _png_ok(report.plots["pareto_front"])
 
 
 def test_cli_writes_report(single: tuple[str, optuna.Study, Report], tmp_path: Path) -> None:

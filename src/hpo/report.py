@@ -57,8 +57,8 @@ from hpo.samplers import llm_share_summary
 from hpo.storage import load_existing_study, open_existing
 
 __all__ = [
-    "Report", "build_report", "leaderboard_rows", "load_study", "main",
-    "objective_names",
+    "Report", "axis_scale", "build_report", "importance_trials_needed", "leaderboard_rows",
+    "load_study", "main", "objective_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ _SOURCE_COLORS = {
     "fallback": "#2ca02c", "unknown": "#bcbd22",
 }
 _RATIONALE_HTML_CHARS = 240
+# importances: complete trials per searched parameter, and at least this many in all
+IMPORTANCE_TRIALS_PER_PARAM = 3
+IMPORTANCE_MIN_TRIALS = 10
+# an objective whose positive values span more than this ratio is drawn on a log axis
+LOG_SPAN = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,18 +264,38 @@ def _plot_history(ctx: _Context) -> Any:
         ax.step([t.number for t in by_number], best, where="post", color="#d62728",
                 label="best so far", zorder=2)
         ax.set_xlabel("trial")
-        _integer_ticks(ax)
-        ax.set_ylabel(name)
+        _integer_ticks(ax, [t.number for t in by_number])
+        scale = axis_scale([t.values[i] for t in by_number])
+        ax.set_yscale(scale)
+        ax.set_ylabel(_scaled(name, scale))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_title(f"Optimization history ({_dir_word(ctx.study.directions)})")
     return fig
 
 
-def _integer_ticks(ax: Any) -> None:
+def _integer_ticks(ax: Any, values: Sequence[float] = ()) -> None:
+    """Whole-number ticks on the x axis (epochs, trial numbers), also for one or two values:
+    the view then spans at least one unit around them instead of a fraction."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and max(finite) - min(finite) < 2:
+        ax.set_xlim(min(finite) - 0.5, max(finite) + 0.5)
+
+
+def axis_scale(values: Sequence[float]) -> str:
+    """``log`` for positive values spanning more than a decade (parameter counts, losses near
+    zero), else ``linear``: an objective's axis on the scale it varies on."""
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > LOG_SPAN:
+        return "log"
+    return "linear"
+
+
+def _scaled(name: str, scale: str) -> str:
+    return f"{name} (log scale)" if scale == "log" else name
 
 
 def _dir_word(directions: Sequence[StudyDirection]) -> str:
@@ -278,11 +303,24 @@ def _dir_word(directions: Sequence[StudyDirection]) -> str:
                      for d in directions)
 
 
+def importance_trials_needed(n_params: int) -> int:
+    """Complete trials before importances are drawn: :data:`IMPORTANCE_TRIALS_PER_PARAM` per
+    parameter, at least :data:`IMPORTANCE_MIN_TRIALS`. fANOVA fits a random forest from the
+    parameters to the objective; from fewer trials its ranking is mostly noise."""
+    return max(IMPORTANCE_MIN_TRIALS, IMPORTANCE_TRIALS_PER_PARAM * n_params)
+
+
 def _plot_importances(ctx: _Context) -> Any:
-    if len(ctx.complete) < 2:
-        raise _Skip(f"needs 2 complete trials, the study has {len(ctx.complete)}")
     if len(ctx.params) < 2:
         raise _Skip(f"needs 2 parameters, the study has {len(ctx.params)}")
+    needed = importance_trials_needed(len(ctx.params))
+    if len(ctx.complete) < needed:
+        raise _Skip(
+            f"{len(ctx.complete)} complete trials are too few to rank {len(ctx.params)} "
+            f"parameters: importances need {needed} ({IMPORTANCE_TRIALS_PER_PARAM} per "
+            f"parameter, at least {IMPORTANCE_MIN_TRIALS}); with fewer, fANOVA's ranking is "
+            "mostly noise"
+        )
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     try:
@@ -300,7 +338,7 @@ def _plot_importances(ctx: _Context) -> Any:
     for y, (_, v) in enumerate(items):
         ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
     ax.set_xlabel(f"importance for {ctx.names[0]} (fANOVA)")
-    ax.set_title("Hyperparameter importances")
+    ax.set_title(f"Hyperparameter importances ({len(ctx.complete)} complete trials)")
     ax.set_xlim(0, max(v for _, v in items) * 1.15 or 1.0)
     return fig
 
@@ -328,7 +366,14 @@ def _axis_values(ctx: _Context, name: str, trials: Sequence[FrozenTrial]) -> tup
     a, b = scale(lo), scale(hi)
     span = (b - a) or 1.0
     pos = [(scale(float(v)) - a) / span if isinstance(v, int | float) else math.nan for v in raw]
-    return pos, [f"{lo:.3g}", f"{hi:.3g}"], [0.0, 1.0]
+    ticks, at = [f"{lo:.3g}", f"{hi:.3g}"], [0.0, 1.0]
+    if log_scale and lo > 0:  # the decades in between, where they do not crowd the ends
+        for k in range(math.ceil(a), math.floor(b) + 1):
+            y = (k - a) / span
+            if 0.08 < y < 0.92:
+                ticks.append(f"{10.0 ** k:.3g}")
+                at.append(y)
+    return pos, ticks, at
 
 
 def _plot_parallel(ctx: _Context) -> Any:
@@ -339,7 +384,8 @@ def _plot_parallel(ctx: _Context) -> Any:
     import matplotlib as mpl
 
     trials = ctx.complete
-    axes_names = [*ctx.params, *ctx.names]
+    axes_names = [p + (" (log)" if getattr(ctx.distributions.get(p), "log", False) else "")
+                  for p in ctx.params] + list(ctx.names)
     columns: list[list[float]] = []
     labels: list[tuple[list[str], list[float]]] = []
     for name in ctx.params:
@@ -414,14 +460,16 @@ def _plot_learning_curves(ctx: _Context) -> Any:
         raise _Skip("no trial stored curves or intermediate values")
     fig, axes = _figure(len(metrics), width=6.0, height=4.2)
     for ax, (metric, label) in zip(axes, metrics, strict=True):
+        steps: list[float] = []
         for rank, t in enumerate(top, start=1):
             series = _curve_series(t, metric)
             if series is None:
                 continue
+            steps += series[0]
             ax.plot(*series, marker="o", markersize=3,
                     label=f"#{t.number} (rank {rank}, {_source(t)})")
         ax.set_xlabel("epoch" if metric is not None else "step")
-        _integer_ticks(ax)
+        _integer_ticks(ax, steps)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -437,6 +485,7 @@ def _plot_params_vs_objective(ctx: _Context) -> Any:
     ncols = min(3, len(ctx.params))
     fig, axes = _figure(len(ctx.params), ncols=ncols, width=4.6, height=3.6)
     rng = random.Random(0)
+    yscale = axis_scale([t.values[0] for t in ctx.complete])
     for ax, name in zip(axes, ctx.params, strict=True):
         dist = ctx.distributions.get(name)
         pts = [t for t in ctx.complete if name in t.params]
@@ -453,7 +502,8 @@ def _plot_params_vs_objective(ctx: _Context) -> Any:
                 ax.set_xscale("log")
         ax.scatter(xs, ys, c=colors, s=24)
         ax.set_xlabel(name + (" (log)" if getattr(dist, "log", False) else ""))
-        ax.set_ylabel(ctx.names[0])
+        ax.set_yscale(yscale)
+        ax.set_ylabel(_scaled(ctx.names[0], yscale))
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
@@ -465,6 +515,9 @@ def _plot_params_vs_objective(ctx: _Context) -> Any:
 
 
 def _plot_best_by_choice(ctx: _Context) -> Any:
+    """A dot plot per categorical parameter: every trial of a choice (grey) and its best (one
+    marker, labelled). Dots, not bars: the axis spans the values, and no bar length suggests
+    a ratio that a truncated axis would not show."""
     cats = [p for p in ctx.params if isinstance(ctx.distributions.get(p),
                                                    CategoricalDistribution)]
     cats.sort(key=lambda p: (p != "model", p))  # the model choice first
@@ -473,33 +526,51 @@ def _plot_best_by_choice(ctx: _Context) -> Any:
     if not ctx.complete:
         raise _Skip("no complete trial yet")
     better = _better(ctx.study.directions[0])
-    fig, axes = _figure(len(cats), ncols=min(3, len(cats)), width=4.6, height=3.6)
+    scale = axis_scale([t.values[0] for t in ctx.complete])
+    n_rows = max(len(ctx.distributions[c].choices) for c in cats)
+    fig, axes = _figure(len(cats), ncols=min(2, len(cats)), width=5.6,
+                        height=1.4 + 0.45 * n_rows)
     for ax, name in zip(axes, cats, strict=True):
+        values: dict[str, list[float]] = {}
         best: dict[str, tuple[float, int]] = {}
-        count: dict[str, int] = {}
         for t in ctx.complete:
             if name not in t.params:
                 continue
-            key = str(t.params[name])
-            count[key] = count.get(key, 0) + 1
-            v = t.values[0]
+            key, v = str(t.params[name]), t.values[0]
+            values.setdefault(key, []).append(v)
             if key not in best or better(v, best[key][0]):
                 best[key] = (v, t.number)
         keys = [str(c) for c in ctx.distributions[name].choices if str(c) in best]
-        bars = ax.bar(keys, [best[k][0] for k in keys], color="#1f77b4")
-        for bar, k in zip(bars, keys, strict=True):
-            ax.annotate(f"{best[k][0]:.4g}\n#{best[k][1]}, n={count[k]}",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=7)
-        vals = [best[k][0] for k in keys]
-        lo, hi = min(vals), max(vals)
-        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_xlabel(name)
-        ax.set_ylabel(f"best {ctx.names[0]}")
-        ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Best {ctx.names[0]} per choice")
+        for y, k in enumerate(keys):
+            ax.scatter(values[k], [y] * len(values[k]), color="#bbbbbb", s=18, zorder=2)
+            ax.scatter([best[k][0]], [y], color="#1f77b4", s=60, zorder=3)
+            ax.annotate(f"{best[k][0]:.4g}  #{best[k][1]}, n={len(values[k])}",
+                        (best[k][0], y), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=7)
+        ax.set_yticks(range(len(keys)), keys, fontsize=8)
+        ax.set_ylim(-0.6, len(keys) - 0.4)
+        ax.set_xscale(scale)
+        _pad_to_data(ax, [v for k in keys for v in values[k]], scale)
+        ax.set_ylabel(name)
+        ax.set_xlabel(_scaled(ctx.names[0], scale))
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"Best {ctx.names[0]} per choice (blue; grey: every trial)")
     return fig
+
+
+def _pad_to_data(ax: Any, values: Sequence[float], scale: str) -> None:
+    """The x axis spans ``values`` with a small margin (in log space on a log axis)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return
+    if scale == "log":
+        lo, hi = math.log10(min(finite)), math.log10(max(finite))
+        pad = (hi - lo) * 0.15 or 0.1
+        ax.set_xlim(10 ** (lo - pad), 10 ** (hi + pad))
+        return
+    lo, hi = min(finite), max(finite)
+    pad = (hi - lo) * 0.15 or abs(hi) * 0.02 or 0.1
+    ax.set_xlim(lo - pad, hi + pad)
 
 
 def _plot_by_source(ctx: _Context) -> Any:
@@ -524,7 +595,9 @@ def _plot_by_source(ctx: _Context) -> Any:
     ax.set_xticks(range(len(keys)),
                   [f"{k}\nn={len(groups[k])}" + (f", {failed[k]} failed" if failed[k] else "")
                    for k in keys], fontsize=8)
-    ax.set_ylabel(ctx.names[0])
+    scale = axis_scale([t.values[0] for t in ctx.complete])
+    ax.set_yscale(scale)
+    ax.set_ylabel(_scaled(ctx.names[0], scale))
     ax.set_title("Objective by proposal source (LLM vs fallback)")
     ax.grid(alpha=0.3, axis="y")
     return fig
@@ -543,7 +616,7 @@ def _plot_tokens_cost(ctx: _Context) -> Any:
     ax.bar(numbers, t_in, color="#1f77b4", label="tokens in")
     ax.bar(numbers, t_out, bottom=t_in, color="#aec7e8", label="tokens out")
     ax.set_xlabel("trial")
-    _integer_ticks(ax)
+    _integer_ticks(ax, numbers)
     ax.set_ylabel("tokens")
     cum = 0.0
     cumulative = []
@@ -588,11 +661,16 @@ def _plot_pareto(ctx: _Context) -> Any:
             ax.annotate(f"#{t.number}", (t.values[i], t.values[j]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
         d = ctx.study.directions
-        ax.set_xlabel(f"{ctx.names[i]} ({_dir_word([d[i]])})")
-        ax.set_ylabel(f"{ctx.names[j]} ({_dir_word([d[j]])})")
-        ax.grid(alpha=0.3)
+        xscale = axis_scale([t.values[i] for t in ctx.complete])
+        yscale = axis_scale([t.values[j] for t in ctx.complete])
+        ax.set_xscale(xscale)
+        ax.set_yscale(yscale)
+        ax.set_xlabel(_scaled(f"{ctx.names[i]} ({_dir_word([d[i]])})", xscale))
+        ax.set_ylabel(_scaled(f"{ctx.names[j]} ({_dir_word([d[j]])})", yscale))
+        ax.grid(alpha=0.3, which="both" if "log" in (xscale, yscale) else "major")
         ax.legend(fontsize=8)
-    axes[0].set_title(f"Pareto front ({len(front)} trials)")
+    axes[0].set_title(f"Pareto front ({len(front)} trial{'s' * (len(front) != 1)} of "
+                      f"{len(ctx.complete)})")
     return fig
 
 
@@ -751,6 +829,7 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
         "tr.best td{background:#eaf6ea}img{max-width:100%;border:1px solid #ddd;margin:6px 0}"
         "dt{font-weight:bold;float:left;width:9em}dd{margin-left:10em}"
         "pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}"
+        "p.skipped{color:#555;font-style:italic}"
         ".lb{overflow-x:auto}</style></head><body>",
         f"<h1>hpo report: {e(study.study_name)}</h1>", "<h2>Summary</h2><dl>",
     ]
@@ -784,14 +863,15 @@ def _html(study: optuna.Study, ctx: _Context, rows: Sequence[dict[str, Any]],
         "by_source": "LLM vs fallback", "tokens_cost": "Tokens and cost",
         "pareto_front": "Pareto front",
     }
-    for name, path in report.plots.items():
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        parts += [f"<h3>{e(titles.get(name, name))}</h3>",
-                  f'<img alt="{e(name)}" src="data:image/png;base64,{data}">']
-    if report.skipped:
-        parts.append("<h3>Plots not drawn</h3><ul>")
-        parts += [f"<li>{e(titles.get(k, k))}: {e(v)}</li>" for k, v in report.skipped.items()]
-        parts.append("</ul>")
+    for name in _PLOTTERS:  # in order; a plot not drawn says why in its place
+        if name in report.plots:
+            data = base64.b64encode(report.plots[name].read_bytes()).decode("ascii")
+            parts += [f"<h3>{e(titles.get(name, name))}</h3>",
+                      f'<img alt="{e(name)}" src="data:image/png;base64,{data}">']
+        elif name in report.skipped:
+            parts += [f"<h3>{e(titles.get(name, name))}</h3>",
+                      f'<p class="skipped" data-plot="{e(name)}">Not drawn: '
+                      f"{e(report.skipped[name])}.</p>"]
     parts.append("</body></html>")
     return "\n".join(parts)
 
