@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 import hpo  # noqa: F401  (installs the redaction)
-from hpo._logging import install_log_redaction
+from hpo._logging import LOG_TEXT_MAX_CHARS, install_log_redaction
 from hpo.secrets import REDACTED, SECRET_PATTERNS, redact, register_secret, secret_values
 
 #: ``(pattern name, text, what the text must become)``: every row of SECRET_PATTERNS has a case.
@@ -149,3 +149,17 @@ def test_the_factory_is_installed_once() -> None:
                                                 ("tok3n-abcdefgh",), None)
     assert record.getMessage() == "Bearer ***"
     assert record.created <= time.time()
+
+
+def test_huge_records_are_capped_after_redaction(
+    key: str, hydra_like_logging: io.StringIO
+) -> None:
+    log = logging.getLogger("hpo.samplers._llm")
+    bad = "9" * (LOG_TEXT_MAX_CHARS - 10) + key + "9" * 3_000_000  # the key across the cut
+    fmt = "2 problem(s) in the proposals, asking the chain for a repair: %r"
+    log.info(fmt, bad)
+    out = hydra_like_logging.getvalue()
+    assert len(out) < LOG_TEXT_MAX_CHARS + 200
+    mark = f"… [truncated: {len(fmt % (bad,))} characters in all]"
+    assert out.rstrip().endswith(mark), out[-80:]
+    assert key[:6] not in out

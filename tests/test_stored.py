@@ -80,6 +80,13 @@ def test_clean_text_leaves_no_half_key(monkeypatch: pytest.MonkeyPatch) -> None:
         assert key[:8] not in out and key[-8:] not in out
 
 
+def test_a_redacted_key_can_make_a_text_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "k" * 60
+    monkeypatch.setenv("SOMEONE_API_KEY", key)
+    text = "a" * (ATTR_MAX_CHARS - 20) + key  # too long with the key, short without it
+    assert clean_text(text, ATTR_MAX_CHARS) == "a" * (ATTR_MAX_CHARS - 20) + "***"
+
+
 def test_storable_caps_strings_and_lists() -> None:
     assert storable(3) == 3 and storable("ok") == "ok"
     assert len(storable("y" * 1_000_000)) <= ATTR_MAX_CHARS

@@ -23,15 +23,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "KEY_MARGIN",
     "REDACTED",
     "SECRET_PATTERNS",
+    "TRUNCATED",
     "redact",
+    "redact_head",
     "redact_obj",
     "register_secret",
     "secret_values",
 ]
 
 REDACTED = "***"
+#: The mark ending a text that was cut after its redaction (``n``: its whole length).
+TRUNCATED = "… [truncated: {n} characters in all]"
+#: Characters redacted past a cut (:func:`redact_head`): longer than any key or token.
+KEY_MARGIN = 1024
 
 # Environment variables whose names end like this hold secrets.
 _SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
@@ -129,6 +136,17 @@ def redact(
     if not text:
         return text
     return _scrub(text, _secrets(extra, environ))
+
+
+def redact_head(text: str, keep: int) -> str:
+    """:func:`redact` of the part of ``text`` that a cut at ``keep`` characters can keep.
+
+    The first ``keep`` + :data:`KEY_MARGIN` characters are redacted, the rest is dropped: a key
+    that starts before the cut ends within the margin, so it is found whole and no half of it
+    is left, and a text of megabytes costs no more than a short one. The caller cuts the result
+    at ``keep`` (and marks it with :data:`TRUNCATED` when ``len(text) > keep``).
+    """
+    return redact(text[: keep + KEY_MARGIN])
 
 
 def redact_obj(

@@ -24,7 +24,7 @@ from typing import Any
 
 from optuna.storages import BaseStorage
 
-from hpo.secrets import redact, redact_obj
+from hpo.secrets import KEY_MARGIN, TRUNCATED, redact_head, redact_obj
 
 __all__ = [
     "ATTR_MAX_CHARS",
@@ -37,8 +37,6 @@ __all__ = [
     "storable",
 ]
 
-#: The mark ending a cut text (``n``: the length of the whole text, in characters).
-TRUNCATED = "… [truncated: {n} characters in all]"
 #: The last item of a cut list.
 TRUNCATED_ITEMS = "… [truncated: {n} items in all]"
 # A dashboard note fits one piece of the dashboard (2045 characters), header included.
@@ -50,8 +48,6 @@ ITEMS_MAX = 20
 # Optuna stores a value as JSON with non-ASCII characters escaped (\uXXXX, 6 bytes): a text is
 # also cut to this many bytes as stored, so 2000 characters of CJK or emoji stay a few KB.
 MAX_STORED_BYTES = 4096
-# Longer than any key or token: see clean_text.
-_KEY_MARGIN = 1024
 
 
 def stored_size(text: str) -> int:
@@ -84,15 +80,11 @@ def cap_text(
 
 
 def clean_text(text: str, max_chars: int) -> str:
-    """``text`` as stored: redacted, then capped by :func:`cap_text`.
-
-    Only the beginning that can be kept, plus :data:`_KEY_MARGIN` characters, is redacted: a
-    key that starts in the kept part ends within the margin, so it is found whole and no half
-    of it is left, and a huge text costs no more than a small one.
-    """
-    if len(text) <= max_chars + _KEY_MARGIN:
-        return cap_text(redact(text), max_chars)
-    return cap_text(redact(text[: max_chars + _KEY_MARGIN]), max_chars, total=len(text))
+    """``text`` as stored: redacted (:func:`hpo.secrets.redact_head`: no half key is left and a
+    huge text costs no more than a short one), then capped by :func:`cap_text`."""
+    head = redact_head(text, max_chars)
+    dropped = len(text) > max_chars + KEY_MARGIN  # redact_head left part of the text out
+    return cap_text(head, max_chars, total=len(text) if dropped else None)
 
 
 def storable(value: Any) -> Any:
