@@ -163,3 +163,14 @@ def test_huge_records_are_capped_after_redaction(
     mark = f"… [truncated: {len(fmt % (bad,))} characters in all]"
     assert out.rstrip().endswith(mark), out[-80:]
     assert key[:6] not in out
+
+
+def test_the_key_a_client_reads_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``agent.api_key_env`` may name any variable: the key read from it is redacted too."""
+    from hpo.llm.providers import make_client
+
+    value = f"cred{secrets.token_hex(10)}"
+    monkeypatch.setenv("MY_LLM_CRED", value)  # a name that does not look secret
+    assert redact(value) == value
+    make_client(provider="openai", api_key_env="MY_LLM_CRED", base_url="http://127.0.0.1:9/v1")
+    assert redact(f"the key was {value}") == f"the key was {REDACTED}"
