@@ -31,6 +31,7 @@ PATTERN_CASES = [
     ("Google API key", "key=AIza" + "B1" * 18, "key=***"),
     ("URL password", "https://user:pa55word@host/x", "https://user:***@host/x"),
     ("secret field", "x-api-key: abcdef123456", "x-api-key: ***"),
+    ("secret field", "X-API-KEY: ABCDEF123456", "X-API-KEY: ***"),
     ("secret field", '{"api_key": "zzzzzz99999"}', '{"api_key": "***"}'),
     ("secret field", "OPENAI_API_KEY=foo-bar-baz-1", "OPENAI_API_KEY=***"),
     ("secret field", "client_secret=abcdefgh&x=1", "client_secret=***&x=1"),

@@ -81,6 +81,10 @@ _PATTERN = re.compile("|".join(
     for i, (_, rx) in enumerate(SECRET_PATTERNS)
 ))
 
+# every match of _PATTERN contains one of these (lower-cased): text without any is left alone
+# at the cost of one lower() and a few substring searches (most log records)
+_TRIGGERS = ("bearer", "sk-", "aiza", "://", "api", "token", "secret", "passw", "authorization")
+
 _registered: set[str] = set()
 _registered_lock = threading.Lock()
 
@@ -109,11 +113,9 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
         value given to :func:`register_secret`.
     """
     env = os.environ if environ is None else environ
-    values = {
-        value.strip()
-        for name, value in list(env.items())
-        if name.upper().endswith(_SECRET_SUFFIXES) and len(value.strip()) >= _MIN_SECRET_LEN
-    }
+    names = [name for name in list(env) if name.upper().endswith(_SECRET_SUFFIXES)]
+    found = (env.get(name, "").strip() for name in names)  # only secret-looking ones decoded
+    values = {v for v in found if len(v) >= _MIN_SECRET_LEN}
     with _registered_lock:
         values.update(_registered)
     return sorted(values, key=len, reverse=True)
@@ -176,7 +178,10 @@ def _scrub(obj: Any, secrets: list[str]) -> Any:
         for secret in secrets:
             if secret in obj:
                 obj = obj.replace(secret, REDACTED)
-        return _PATTERN.sub(_masked, obj)
+        lowered = obj.lower()
+        if any(t in lowered for t in _TRIGGERS):
+            obj = _PATTERN.sub(_masked, obj)
+        return obj
     if isinstance(obj, Mapping):
         return {_scrub(k, secrets): _scrub(v, secrets) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
