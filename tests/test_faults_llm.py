@@ -91,6 +91,7 @@ def sweep(
     batch_size: int = 1,
     seed: int = 0,
     before: Callable[[optuna.Study], None] | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
     **agent: Any,
 ) -> optuna.Study:
     """n_trials sequential asks/tells with the real chain; trial 0 is the baseline."""
@@ -99,7 +100,8 @@ def sweep(
     cfg.update(agent)
     sampler = LLMSampler(chain=build_chain(cfg), search_space=SPACE, batch_size=batch_size,
                          seed=seed, objective_names=["score"])
-    study = optuna.create_study(sampler=sampler, storage=f"sqlite:///{tmp_path / 'f.db'}",
+    study = optuna.create_study(sampler=sampler,
+                                storage=storage or f"sqlite:///{tmp_path / 'f.db'}",
                                 study_name="faults", direction="maximize")
     if before is not None:
         before(study)
@@ -337,6 +339,75 @@ def test_empty_and_oversized_batches(llm: FakeLLMServer, tmp_path: Path) -> None
     assert study.trials[1].user_attrs["hpo:fallback_reason"] == "no_proposal"
     assert srcs[2:] == ["llm", "llm"]
     assert [t.params for t in study.trials[2:]] == many[:2]
+
+
+# --------------------------------------------------------------------------- huge replies
+
+
+def every_field(size: int) -> dict[str, Any]:
+    """A reply whose every string field holds ``size`` characters: two bad values (a repair is
+    asked for), an unknown parameter's name, the rationale, the diagnosis."""
+    return {
+        "proposals": [{"params": {"lr": "9" * size, "layers": 3, "act": "g" * size,
+                                  "x" * size: 1}, "rationale": "r" * size}],
+        "diagnosis": "d" * size,
+    }
+
+
+def commits_of(url: str) -> tuple[optuna.storages.RDBStorage, list[int]]:
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url)
+    n = [0]
+    event.listen(storage.engine, "commit", lambda conn: n.__setitem__(0, n[0] + 1))
+    return storage, n
+
+
+def test_huge_reply_is_capped_in_storage(llm: FakeLLMServer, tmp_path: Path) -> None:
+    """A 3 MB reply (agent.max_reply_bytes raised past it): what is stored is capped and marked,
+    each note is one piece, and the sweep makes as many storage commits as with a small reply."""
+    from optuna_dashboard import get_note
+
+    counts = []
+    for size in (10, 500_000):
+        body = every_field(size)
+        llm.reset()
+        llm.responder = lambda req, body=body: FakeReply(json_obj=body, usage=(900, 90))
+        storage, n = commits_of(f"sqlite:///{tmp_path / f'huge{size}.db'}")
+        study = sweep(tmp_path, 3, storage=storage, max_reply_bytes=8 * 2**20)
+        counts.append(n[0])
+    assert_finished_inside_space(study)
+    assert counts[0] == counts[1], f"commits grew with the reply: {counts}"
+    llm_trials = [t for t in study.trials if t.user_attrs.get("hpo:source") == "llm"]
+    assert llm_trials
+    for t in study.trials:
+        for k, v in t.user_attrs.items():
+            assert len(json.dumps(v)) <= 4200, (t.number, k)
+    for t in llm_trials:
+        assert t.user_attrs["hpo:rationale"].endswith("[truncated: 500000 characters in all]")
+        assert "[truncated: " in get_note(optuna.trial.Trial(study, t._trial_id))
+    system = study._storage.get_study_system_attrs(study._study_id)
+    assert all(len(json.dumps(v)) <= 4200 for v in system.values())
+    pieces = [k for k in system if ":note_str:" in k]
+    assert all(k.endswith(":note_str:0") for k in pieces), pieces
+    assert get_note(study).startswith("## Diagnosis\n\nddd")
+    assert get_note(study).endswith(" characters in all]")
+
+
+@pytest.mark.parametrize("size", [2_000_000, 20_000_000])
+def test_reply_past_the_cap_falls_back(llm: FakeLLMServer, tmp_path: Path, size: int) -> None:
+    """2 MB and 20 MB replies past the default agent.max_reply_bytes: kind too_large, the
+    fallback, nothing of the reply stored."""
+    body = every_field(size // 5)
+    llm.responder = lambda req: FakeReply(json_obj=body)
+    study = sweep(tmp_path, 3)
+    assert_finished_inside_space(study)
+    assert [t.user_attrs.get("hpo:fallback_reason") for t in study.trials[1:]] == [
+        "llm_error:too_large"] * 2
+    system = study._storage.get_study_system_attrs(study._study_id)
+    assert not [k for k in system if "note" in k]
+    stored = json.dumps([t.user_attrs for t in study.trials]) + json.dumps(study.user_attrs)
+    assert "ddddd" not in stored and len(stored) < 5_000
 
 
 # --------------------------------------------------------------------------- prompt injection

@@ -3,10 +3,14 @@
 A full CLI sweep (``python -m hpo.train -m agent=openai``, default ``outputs/`` layout, reply
 cache on, Markdown prompt copies on) runs with a random canary key against the fake LLM server,
 which echoes the key back wherever a careless or hostile server could: in error bodies (as
-OpenAI's own 401/400 messages do), in a reply's rationale and diagnosis, and in a malformed
-reply. Then every file under the run's directory (sweep dir, .hydra, logs, checkpoints, prompt
-dumps, LLM cache, the SQLite file and its artifact store), every attribute and note in storage,
-and the captured stdout/stderr are searched: the canary never appears.
+OpenAI's own 401/400 messages do), in a malformed reply, and in every string field of a reply
+(rationale, diagnosis, parameter values and names, the model name, response headers), as the
+raw key and as the ``Authorization: Bearer`` header it was sent in; bad values make the sampler
+log the reply's problems and ask for a repair (the log line that once printed 'Bearer sk-…').
+A second, foreign key that is configured nowhere (``sk-…`` shaped) is echoed too: only the
+secret patterns can find it. Then every file under the run's directory (sweep dir, .hydra,
+logs, checkpoints, prompt dumps, LLM cache, the SQLite file and its artifact store), every
+attribute and note in storage, and the captured stdout/stderr are searched: neither key appears.
 """
 
 from __future__ import annotations
@@ -33,6 +37,24 @@ P2 = {"optimizer.lr": 0.02, "optimizer.weight_decay": 1e-05, "data.batch_size": 
       "model.label_smoothing": 0.1, "optimizer": "sgd"}
 
 
+FOREIGN = f"sk-foreign-{secrets.token_hex(12)}"
+
+
+def echo(key: str) -> FakeReply:
+    """A reply with the key in every string field, a header and the model name."""
+    bearer = f"Authorization: Bearer {key}"
+    params = {**P1, "optimizer": f"Bearer {key}", "optimizer.lr": key, key: bearer,
+              "model.label_smoothing": f"{bearer} {FOREIGN}"}
+    return FakeReply(
+        json_obj={
+            "proposals": [{"params": params, "rationale": f"{bearer}; also Bearer {FOREIGN}"}],
+            "diagnosis": f"{bearer} / {FOREIGN}",
+        },
+        headers={"x-echo-authorization": f"Bearer {key}", "x-request-id": key},
+        model=f"gpt-{key}",
+    )
+
+
 @dataclass
 class Leaky:
     """Responder whose every answer carries the key it was sent."""
@@ -47,6 +69,8 @@ class Leaky:
         if not req.system.startswith("You are the proposer"):
             return None
         what = self.proposer.pop(0) if self.proposer else "ok2"
+        if what == "echo":
+            return echo(key)
         if what == "400":
             return FakeReply(status=400, error_message=f"Incorrect API key provided: {key}.")
         if what == "429":
@@ -75,8 +99,9 @@ def canary_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     canary = f"sk-canary-{secrets.token_hex(12)}"
     root = tmp_path_factory.mktemp("secrets")
     with FakeLLMServer() as server:
-        # the 400 comes last: a rejected request is permanent and turns the LLM off for the sweep
-        server.responder = Leaky(["429", "ok1", "malformed", "ok2", "400"])
+        # the 400 comes last: a rejected request is permanent and turns the LLM off for the sweep;
+        # the echo is answered to the proposal and to the repair it asks for
+        server.responder = Leaky(["429", "ok1", "echo", "echo", "malformed", "ok2", "400"])
         env = clean_env(OPENAI_API_KEY=canary, OPENAI_BASE_URL=server.openai_base_url)
         proc = run_cli(
             ["-m", "hpo.train", "-m", "agent=openai", "agent.max_retries=1", "agent.cache=true",
@@ -91,8 +116,10 @@ def canary_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
 
 def needles(canary: str) -> list[bytes]:
-    # the whole key, and its random part alone (a partial echo such as "sk-canary-1a2b...")
-    return [canary.encode(), canary.removeprefix("sk-canary-").encode()]
+    # the whole key, and its random part alone (a partial echo such as "sk-canary-1a2b..."),
+    # and the foreign key
+    return [canary.encode(), canary.removeprefix("sk-canary-").encode(), FOREIGN.encode(),
+            FOREIGN.removeprefix("sk-foreign-").encode()]
 
 
 def test_the_canary_was_really_used(canary_run: Run) -> None:
@@ -104,6 +131,11 @@ def test_the_canary_was_really_used(canary_run: Run) -> None:
     for where in [("outputs", "hpo.db"), ("outputs", "sweeps"), ("outputs", ".llm_cache")]:
         assert where in files, f"{'/'.join(where)} was not written"
     assert list((canary_run.root / "outputs/sweeps/hpo/llm").glob("call-*.json"))
+    # the echo reached the sampler: its problems were logged (redacted) and a repair was asked
+    assert "asking the chain for a repair" in canary_run.output
+    assert "Bearer ***" in canary_run.output
+    repairs = [r for r in canary_run.requests if "asked to repair" in r.system]
+    assert repairs, "the echo did not lead to a repair request"
 
 
 def leaks(run: Run, under: str = "") -> list[str]:

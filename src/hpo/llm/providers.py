@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from hpo.errors import ConfigError
 from hpo.llm.base import LLMClient, ServerTool
+from hpo.secrets import register_secret
 
 __all__ = [
     "AUTO_ORDER",
@@ -275,6 +276,8 @@ def make_client(
                 "(or use agent=auto / agent=none)."
             )
         api_key = LOCAL_DUMMY_KEY
+    else:
+        register_secret(api_key)  # redacted everywhere, whatever its variable is called
 
     url, source = resolve_base_url(preset, base_url)
     chosen_model = model or _env(preset.model_env) or preset.model

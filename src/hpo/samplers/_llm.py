@@ -64,6 +64,7 @@ from hpo.samplers._checker import (
 from hpo.samplers._choice import Evidence, SharePolicy, gather_evidence
 from hpo.samplers._leader import LEADERS, CmaLeader, UnitScale, build_leader
 from hpo.samplers._state import describe_state
+from hpo.samplers._stored import DashboardNotes, clean_text, storable
 from hpo.secrets import redact
 from hpo.space import ParamSpec, check_value, clamp_value
 
@@ -357,7 +358,7 @@ class LLMSampler(BaseSampler):
         )
 
         self._lock = threading.RLock()
-        self._local = threading.local()
+        self._notes = DashboardNotes()
         self._queue: deque[_Queued] = deque()
         self._key_names: list[str] = []
         self._trial_keys: dict[int, tuple[Any, ...]] = {}
@@ -578,8 +579,6 @@ class LLMSampler(BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Forwards to the classical sampler."""
-        if getattr(self._local, "in_note", False):
-            return  # a Trial handle made only to save a dashboard note
         self._fallback.before_trial(study, trial)
 
     def after_trial(
@@ -866,7 +865,7 @@ class LLMSampler(BaseSampler):
 
         if result.stop:
             self._stop_reason = result.stop_reason or "the planner asked to stop"
-            study.set_user_attr(STOP, redact(self._stop_reason))
+            study.set_user_attr(STOP, storable(self._stop_reason))
             _logger.warning("The planner asked to stop the study: %s", self._stop_reason)
             self._account(study, label, spent)
             self._queue.clear()
@@ -1130,31 +1129,23 @@ class LLMSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any]
     ) -> None:
         for k, value in attrs.items():
-            if isinstance(value, str):
-                value = redact(value)
+            value = storable(value)  # redacted; strings and lists capped
             study._storage.set_trial_user_attr(trial._trial_id, k, value)
             # Mirror into the frozen trial we were given, as Trial.set_user_attr does: it is the
             # live Trial's cache, so `study.ask().user_attrs` shows the provenance at once.
             trial.user_attrs[k] = value
 
     def _save_trial_note(self, study: optuna.Study, trial: FrozenTrial, text: str) -> None:
+        """The trial's optuna-dashboard note: redacted, capped, one piece (see ``_stored``)."""
         try:
-            from optuna_dashboard import save_note
-
-            self._local.in_note = True
-            try:
-                handle = optuna.trial.Trial(study, trial._trial_id)
-            finally:
-                self._local.in_note = False
-            save_note(handle, redact(text))
+            self._notes.trial_note(study._storage, study._study_id, trial._trial_id, text)
         except Exception as exc:  # a note is a nicety; never fail a trial for it
             _logger.debug("Cannot save the dashboard note of trial %d: %s", trial.number, exc)
 
     def _save_study_note(self, study: optuna.Study, text: str) -> None:
+        """The study's optuna-dashboard note (the latest diagnosis), rewritten in one piece."""
         try:
-            from optuna_dashboard import save_note
-
-            save_note(study, redact(f"## Diagnosis\n\n{text}"))
+            self._notes.study_note(study._storage, study._study_id, f"## Diagnosis\n\n{text}")
         except Exception as exc:
             _logger.debug("Cannot save the dashboard note of the study: %s", exc)
 
@@ -1228,8 +1219,9 @@ def _duration(seconds: float) -> str:
 
 
 def _one_paragraph(text: str, limit: int = _RATIONALE_MAX_CHARS) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    """A rationale as stored: one paragraph, redacted before it is cut (no half key is left),
+    at most ``limit`` characters, ending in the truncation mark when cut."""
+    return clean_text(" ".join(str(text).split()), limit)
 
 
 def _spec_dict(specs: Sequence[ParamSpec]) -> dict[str, ParamSpec]:
