@@ -57,7 +57,7 @@ _SECRET_FIELDS = (
 
 #: Secret-shaped text, redacted wherever it appears, as ``(what, regex)``: the regex's group
 #: ``keep`` (when present) is kept, the rest of the match becomes ``***``. The unit test of
-#: each row is ``tests/test_secrets.py::test_secret_patterns``.
+#: each row is ``tests/core/test_secrets.py::test_secret_patterns``.
 SECRET_PATTERNS: tuple[tuple[str, str], ...] = (
     # "Authorization: Bearer <token>", as a reply echoing the request headers shows it; a
     # token has a digit in it ("Bearer authentication" is prose)

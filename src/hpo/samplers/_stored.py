@@ -12,7 +12,7 @@ optuna-dashboard keeps notes in the study's system attrs, split into pieces of
 note of the study) twice per note. A note here is capped below one piece and written with
 Optuna's public storage API as that one piece plus, for a new note, its version: no reads, no
 commit per KB. The key format is the dashboard's (``optuna_dashboard.get_note`` reads these
-notes back; tests/test_stored.py checks it with the dashboard's own reader).
+notes back; tests/samplers/test_stored.py checks it with the dashboard's own reader).
 """
 
 from __future__ import annotations

@@ -407,7 +407,7 @@ def test_agent_yaml_files_build(monkeypatch):
 
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "agent"
+    conf = Path(__file__).resolve().parents[2] / "conf" / "agent"
     base = OmegaConf.load(conf / "auto.yaml")
     for path in sorted(conf.glob("*.yaml")):
         raw = OmegaConf.load(path)

@@ -34,13 +34,14 @@ PAGES = ("README.md", "docs/quickstart.md", "docs/your-project.md", "docs/config
 RUN_MODULES = ("hpo.train", "hpo.best", "hpo.report")
 # (substring of the command, why it is left out)
 SKIPS: tuple[tuple[str, str], ...] = (
-    ("hydra/launcher=", "needs a cluster or starts worker processes (tests/test_slurm.py)"),
+    ("hydra/launcher=",
+     "needs a cluster or starts worker processes (tests/sweeper/test_slurm.py)"),
     ("...", "a placeholder, not a command"),
     ("/abs/", "needs a data file of the user's"),
     ("--config-name command", "runs from the repository root (examples/command)"),
-    ("--config-dir conf", "runs inside examples/own_module (tests/test_examples.py)"),
-    ("agent=local", "needs a local LLM server (tests/test_local_llm.py)"),
-    ("--help", "prints only (tests/test_train.py::test_help_describes_groups_and_sweep)"),
+    ("--config-dir conf", "runs inside examples/own_module (tests/e2e/test_examples.py)"),
+    ("agent=local", "needs a local LLM server (tests/llm/test_local_llm.py)"),
+    ("--help", "prints only (tests/e2e/test_train.py::test_help_describes_groups_and_sweep)"),
     ("--cfg", "prints only"),
 )
 MAX_TRIALS = 2

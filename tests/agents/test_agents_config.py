@@ -19,7 +19,7 @@ from conftest import clean_env, run_cli
 from hpo.agents import AgentConfig, BudgetConfig, RoleConfig, build_chain
 from hpo.errors import ConfigError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "agent"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "agent"
 
 
 def _auto_yaml() -> dict[str, Any]:

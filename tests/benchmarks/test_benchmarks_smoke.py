@@ -15,7 +15,7 @@ import pytest
 
 from conftest import clean_env
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 pytestmark = pytest.mark.slow
 

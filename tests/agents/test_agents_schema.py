@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from pydantic import BaseModel
 
 from _agents import RecordingClient, schema_errors
+from _services import LocalLLM
 from hpo.agents import StudyView, build_chain
 from hpo.agents.chain import prompt_values
 from hpo.agents.models import ConsultantReply, PlannerReply, Proposal, ProposerReply
@@ -182,9 +184,14 @@ def test_chain_replies_over_http_fit_the_schema_they_were_sent(monkeypatch, tmp_
         assert schema_errors(json.loads(call.raw_text), asked["schema"]) == [], call.role
 
 
-def test_llama_cpp_grammar_accepts_the_schema():
-    grammar = pytest.importorskip("llama_cpp.llama_grammar")
-    gbnf = grammar.json_schema_to_gbnf(json.dumps(reply_schema(PlannerReply, SPACE, 2)))
+@pytest.mark.llm
+def test_llama_cpp_grammar_accepts_the_schema(local_llm: LocalLLM) -> None:
+    """llama-cpp-python (the local server's own venv) turns the reply schema into a grammar."""
+    code = ("import json, sys; from llama_cpp import llama_grammar as g; "
+            "sys.stdout.write(g.json_schema_to_gbnf(sys.stdin.read()))")
+    python = local_llm.root / "venv" / "bin" / "python"
+    gbnf = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True,
+                          input=json.dumps(reply_schema(PlannerReply, SPACE, 2))).stdout
     assert '"\\"mlp\\"" | "\\"cnn\\""' in gbnf
 
 

@@ -37,7 +37,7 @@ from hpo.samplers._choice import draw
 from hpo.space import ParamSpec, check_value
 from hpo.testing import FakeLLMServer, FakeReply, random_proposer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SPACE = [
     ParamSpec("lr", FloatDistribution(1e-4, 1e-1, log=True), default=1e-3, description="step"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hpo import attrs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- attrs:begin -->", "<!-- attrs:end -->"
 # modules that must take every key from hpo.attrs (no "hpo:..." literal of their own)
 OWNERS = ["src/hydra_plugins/hpo_sweeper", "src/hpo/report.py", "src/hpo/status.py",

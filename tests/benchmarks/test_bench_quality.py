@@ -18,7 +18,7 @@ import pytest
 
 from conftest import clean_env
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 QUICK_PROBLEMS = {"sphere_mixed", "branin_mixed", "digits_mlp"}
 QUICK_METHODS = {"random", "tpe", "propose/adversarial"}
 QUICK_BUDGETS = {5, 10}

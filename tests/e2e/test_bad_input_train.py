@@ -4,7 +4,7 @@ Each mistake must end the run with a non-zero exit and ONE clear line on stderr 
 bad value and the fix (no traceback, no wrapper lines), and leave storage untouched: the SQLite
 file not created, or at least no study in it. A metric that is never logged cannot be known
 before a trial ran: there the trials fail with a clear message and the sweep stops by its
-failure rate. SLURM rejections are covered by tests/test_slurm.py.
+failure rate. SLURM rejections are covered by tests/sweeper/test_slurm.py.
 """
 
 from __future__ import annotations
