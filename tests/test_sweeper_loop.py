@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from hpo import attrs
 from hpo.errors import FailureRateExceeded
+from hydra_plugins.hpo_sweeper._interrupt import Interrupted
 from hydra_plugins.hpo_sweeper._loop import (
     SlotLoop,
     Tally,
@@ -374,8 +375,11 @@ def test_the_planners_stop_ends_the_loop_and_its_last_trial_does_not_run() -> No
     assert sampler.prefetched and sampler.prefetched[0] == 2  # asked for both free slots
 
 
-def test_an_interrupted_driver_fails_its_trials_in_flight_for_a_retry() -> None:
-    plan = make_plan(n_trials=3, max_retries=1)
+@pytest.mark.parametrize("on_interrupt", ["keep", "cancel"])
+def test_an_interrupted_driver_fails_its_in_process_trials_without_using_a_retry(
+    on_interrupt: str,
+) -> None:
+    plan = make_plan(n_trials=3, max_retries=0, on_interrupt=on_interrupt)
 
     def ctrl_c(o: dict[str, str]) -> Any:  # Ctrl-C while the driver waits for this job
         time.sleep(0.3)
@@ -384,11 +388,19 @@ def test_an_interrupted_driver_fails_its_trials_in_flight_for_a_retry() -> None:
         return 1.0
 
     study = open_study(plan, build_sampler(plan), build_pruner(plan.pruner))
-    with pytest.raises(KeyboardInterrupt):
-        SlotLoop(plan, study, study.sampler, Runner(ctrl_c), driver=DRIVER).run()
+    loop = SlotLoop(plan, study, study.sampler, Runner(ctrl_c), driver=DRIVER)
+    with pytest.raises(Interrupted) as info:
+        loop.run()
+    assert info.value.signum == signal.SIGINT and info.value.exit_code == 130
+    assert loop.interrupted_in_flight == 1 and loop.finished() == 0
+    # an in-process trial cannot run on without its driver (keep or not): failed, queued again
+    # with its retry count unchanged, although max_retries=0
     (t, retry) = study.trials
-    assert t.state == TrialState.FAIL and "driver stopped" in t.user_attrs[attrs.ERROR]
+    assert t.state == TrialState.FAIL and t.user_attrs[attrs.ERROR] == "interrupted (SIGINT)"
+    assert t.user_attrs[attrs.RETRIED]
     assert retry.state == TrialState.WAITING and retry.user_attrs[attrs.RETRY_OF] == 0
+    assert retry.user_attrs[attrs.RETRY_COUNT] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_conditional_params_are_asked_only_when_they_apply() -> None:

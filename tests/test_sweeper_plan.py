@@ -29,7 +29,7 @@ from hydra_plugins.hpo_sweeper.config import HPOSweeperConf
 GROUPS = {"model": ["cnn", "mlp", "resnet9"], "optimizer": ["adam", "sgd"]}
 IN_PROCESS = LauncherFacts()
 SLURM = LauncherFacts(name="SlurmLauncher", in_process=False, fast=False, remote=True,
-                      slurm_params={"partition": "debug"})
+                      executor="slurm", params={"partition": "debug"})
 
 
 def app_config(subdir: str = "${hydra.job.num}", **extra: Any) -> DictConfig:

@@ -2,7 +2,8 @@
 
 :func:`outcome` reads the Hydra ``JobReturn`` of each job of a trial (one, or one per fold)
 and decides: COMPLETE with the objective values (the folds' mean under k-fold CV), PRUNED with
-the pruner's message, or FAIL with one line saying why.
+the pruner's message, or FAIL with one line saying why. :func:`failed_launch` tells a job that
+failed outside the task (a FAIL) from a lost one (retried).
 """
 
 from __future__ import annotations
@@ -76,6 +77,26 @@ def outcome(rets: Sequence[JobReturn], n_objectives: int) -> Outcome:
         folds=[v[0] for v in per_fold] if single else per_fold,
         fold_std=stds[0] if single else stds, **where,
     )
+
+
+def failed_launch(exc: BaseException) -> Outcome | None:
+    """A trial whose launch raised ``exc``: FAIL with one line when the job ran and failed
+    outside the task, which a re-run would repeat: submitit's ``FailedJobError`` (the job's
+    Python raised, e.g. its config did not compose) or a config error (OmegaConf, Hydra) of an
+    in-process job. None: the job was lost (killed, never ran): it may be retried."""
+    if type(exc).__name__ == "FailedJobError":
+        return Outcome(TrialState.FAIL, error=error_line(exc))
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OmegaConfBaseException | HydraException):
+            return Outcome(TrialState.FAIL, error=f"config error: {error_line(cur)}")
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def objective_values(value: Any, n: int) -> tuple[list[float], str | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -171,10 +172,15 @@ def _check_distributions(
 
 
 def register_driver(study: optuna.Study, driver: str, plan: SweepPlan) -> None:
-    """Add this driver (and its output-dir pattern) to the study's ``hpo:drivers``."""
+    """Add this driver (its output-dir pattern, start, and SLURM job when it runs as one) to
+    the study's ``hpo:drivers``."""
+    from ._detach import ENV_DRIVER_JOB, ENV_DRIVER_LOG
+
     records = attrs.driver_records(study.user_attrs)[-49:]
     study.set_user_attr(attrs.DRIVERS, [
-        *records, attrs.driver_record(driver, plan.output_dir_pattern)
+        *records, attrs.driver_record(driver, plan.output_dir_pattern, since=time.time(),
+                                      slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,
+                                      log=os.environ.get(ENV_DRIVER_LOG) or None)
     ])
 
 

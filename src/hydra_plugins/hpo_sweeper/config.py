@@ -84,6 +84,28 @@ class HPOSweeperConf:
     # false = Hydra's own composition for every trial.
     fast_inprocess: bool = True
 
+    # Launcher settings per trial (submitit launchers): {"param=value[,value]": {launcher key:
+    # value}}, e.g. {"model=resnet9": {gpus_per_node: 1, mem_gb: 32, timeout_min: 240}}. The
+    # first class whose condition holds for a trial's params is merged into hydra.launcher
+    # for that trial's job; a trial no class matches gets hydra.launcher as it is.
+    resources: Dict[str, Any] = field(default_factory=dict)
+
+    # On SIGINT/SIGTERM, what happens to jobs in flight on submitit launchers: keep (they run
+    # on; rerunning the same command re-attaches to them) or cancel (scancel / stop them; their
+    # trials are failed and queued again). In-process trials are always failed and queued again;
+    # an interruption never uses up a retry.
+    on_interrupt: str = "keep"
+
+    # submitit_slurm: trials ready at the same time (same resources) go out as one job array.
+    array: bool = False
+
+    # submitit_slurm: do not run the sweep here; submit this very command as a small SLURM job
+    # (sbatch --requeue) that runs the driver, print its job id and log, and return.
+    detach: bool = False
+
+    # sbatch options of that driver job, e.g. {time: "3-00:00:00", partition: cpu, mem: 4G}.
+    driver_sbatch: Dict[str, Any] = field(default_factory=dict)
+
 
 ConfigStore.instance().store(
     group="hydra/sweeper", name="hpo", node=HPOSweeperConf, provider="hpo"
