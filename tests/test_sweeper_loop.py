@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +39,16 @@ from hydra_plugins.hpo_sweeper._plan import (
     SweepPlan,
     build_plan,
 )
-from hydra_plugins.hpo_sweeper._recovery import fail_and_retry, judge
+from hydra_plugins.hpo_sweeper._recovery import (
+    ATTACH,
+    FAIL,
+    LEAVE,
+    TELL,
+    JobFacts,
+    fail_and_retry,
+    judge,
+    recover_orphans,
+)
 from hydra_plugins.hpo_sweeper._study import build_pruner, build_sampler, open_study
 from hydra_plugins.hpo_sweeper.config import HPOSweeperConf
 
@@ -226,6 +235,72 @@ def test_judging_running_trials(user_attrs: dict[str, Any], alive: bool | None, 
     verdict = judge(running(**user_attrs), now=NOW, grace_s=120,
                     others_maybe_alive=others, alive=lambda _: alive)
     assert verdict.orphan == orphan and why in verdict.reason
+
+
+SUBMITTED = {attrs.LAUNCH: {"driver": "h:1:1", "overrides": ["x=1"], "job": {
+    "executor": "slurm", "folder": "/tmp/s/%j", "ids": ["10", "11"]}}}
+
+
+@pytest.mark.parametrize(
+    ("job", "action", "why"),
+    [
+        (JobFacts(True, ("COMPLETED", "COMPLETED")), TELL, "ended with a result"),
+        # a result on disk wins over what the scheduler still says (sacct lags)
+        (JobFacts(True, ("RUNNING", "COMPLETING")), TELL, "ended with a result"),
+        (JobFacts(False, ("COMPLETED", "RUNNING")), ATTACH, "is RUNNING"),
+        (JobFacts(False, ("PENDING", "PENDING")), ATTACH, "is PENDING"),
+        (JobFacts(False, ("REQUEUED", "")), ATTACH, "is REQUEUED"),
+        (JobFacts(False, (), known=False), ATTACH, "cannot be looked up"),
+        (JobFacts(False, ("CANCELLED by 0", "COMPLETED")), FAIL, "ended CANCELLED by 0"),
+        (JobFacts(False, ("FAILED", "TIMEOUT")), FAIL, "ended FAILED without a result"),
+        (JobFacts(False, ("", "")), FAIL, "unknown to the scheduler"),
+        (None, FAIL, "is gone"),  # the scheduler was not asked
+    ],
+)
+def test_verdicts_on_an_orphans_submitted_jobs(job: JobFacts | None, action: str,
+                                               why: str) -> None:
+    verdict = judge(running(**SUBMITTED), now=NOW, grace_s=120, others_maybe_alive=False,
+                    alive=lambda _: False, job=job)
+    assert verdict.action == action and why in verdict.reason, verdict
+    assert "SLURM job 10, 11" in verdict.reason or job is None
+
+
+def test_a_live_drivers_trial_is_left_whatever_its_job_says() -> None:
+    verdict = judge(running(**SUBMITTED), now=NOW, grace_s=120, others_maybe_alive=True,
+                    alive=lambda _: True, job=JobFacts(True, ("COMPLETED", "COMPLETED")))
+    assert verdict.action == LEAVE and not verdict.orphan
+
+
+def test_an_orphan_never_submitted_is_failed_even_when_jobs_are_looked_up() -> None:
+    launched = {attrs.LAUNCH: {"driver": "h:1:1", "overrides": ["x=1"]}}  # in-process
+    verdict = judge(running(**launched), now=NOW, grace_s=120, others_maybe_alive=False,
+                    alive=lambda _: False, job=JobFacts(True, ("COMPLETED",)))
+    assert verdict.action == FAIL
+
+
+def test_recovery_tells_attaches_and_fails_by_the_jobs_facts() -> None:
+    study = optuna.create_study()
+    dist = {"x": FloatDistribution(0, 1)}
+    facts = {"1": JobFacts(True, ("COMPLETED",)), "2": JobFacts(False, ("RUNNING",)),
+             "3": JobFacts(False, ("CANCELLED by 0",))}
+    for job_id in facts:
+        t = study.ask(dist)
+        t.set_user_attr(attrs.LAUNCH, attrs.launch_record("h:1:1", [f"x={t.params['x']}"],
+                        job=attrs.LaunchedJobs("slurm", "/tmp/s/%j", (job_id,))))
+    asked: list[list[str]] = []
+
+    def lookup(recs: Sequence[attrs.LaunchedJobs]) -> list[JobFacts]:
+        asked.append([i for r in recs for i in r.ids])
+        return [facts[r.ids[0]] for r in recs]
+
+    done = recover_orphans(study, grace_s=120, max_retries=1, alive=lambda _: False,
+                           lookup=lookup)
+    assert asked == [["1", "2", "3"]]  # one lookup for all of them
+    assert [t.number for t in done.adopt] == [0, 1] and done.failed == [2]
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.RUNNING, TrialState.RUNNING, TrialState.FAIL,
+                      TrialState.WAITING]  # the cancelled job's params queued again
+    assert "CANCELLED" in study.trials[2].user_attrs[attrs.ERROR]
 
 
 def test_fail_and_retry_enqueues_the_params_until_the_retries_are_used() -> None:
