@@ -166,3 +166,95 @@ def test_a_restarted_driver_re_attaches_to_submitit_local_jobs(tmp_path: Path) -
     runs = (tmp_path / "runs.txt").read_text().split()[::2]
     assert sorted(runs) == ["0", "1", "2"]
     assert len(set(launched_ids(study))) == 3
+
+
+# ------------------------------------------------------------------------------ 4. signals
+def interrupt(tmp: Path, args: list[str], sig: signal.Signals, n_running: int
+              ) -> tuple[int, str]:
+    """Start a driver, send ``sig`` once ``n_running`` trials run; its status and stderr."""
+    driver = start_driver(tmp, args)
+    try:
+        wait_for(f"{n_running} trial(s) running", lambda: running_with_jobs(tmp, n_running)
+                 if "submitit" in " ".join(args) else running_trials(tmp) >= n_running)
+        driver.send_signal(sig)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    out = (tmp / "driver.log").read_text()
+    assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
+    return driver.returncode, err
+
+
+def running_trials(tmp: Path) -> int:
+    try:
+        return len(load(tmp).get_trials(states=(TrialState.RUNNING,)))
+    except Exception:  # no study yet
+        return 0
+
+
+def last_line(text: str) -> str:
+    return [ln for ln in text.splitlines() if ln.strip()][-1]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_an_in_process_driver_with_one_line_and_no_retry_used(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    args = quad_args(tmp_path, "x=interval(-5, 5)", "sleep=30", "hydra.sweeper.n_trials=2",
+                     "hydra.sweeper.max_retries=0")
+    rc, err = interrupt(tmp_path, args, sig, 1)
+    assert rc == code
+    assert last_line(err) == ("interrupted: 0 finished, 1 in flight; rerun the same command "
+                              "to resume")
+    first, queued = load(tmp_path).trials
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs[attrs.ERROR] == f"interrupted ({sig.name})"
+    # queued again although max_retries=0: an interruption uses no retry
+    assert queued.state == TrialState.WAITING
+    assert queued.system_attrs["fixed_params"] == first.params
+    assert queued.user_attrs[attrs.RETRY_COUNT] == 0
+    # the same command resumes: the queued params run first, the budget is reached
+    run_cli([QUADRATIC, *quad_args(tmp_path, "x=interval(-5, 5)", "hydra.sweeper.n_trials=2",
+                                   "hydra.sweeper.max_retries=0")],
+            cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE,
+                                        TrialState.COMPLETE]
+    assert trials[1].params == first.params
+
+
+def test_sigterm_keeps_submitit_local_jobs_running_for_the_rerun(tmp_path: Path) -> None:
+    args = local_args(tmp_path, "x=interval(-5, 5)", "sleep=6", "hydra.sweeper.n_trials=3",
+                      "hydra.sweeper.n_jobs=2", f"record_env={tmp_path / 'runs.txt'}")
+    rc, err = interrupt(tmp_path, args, signal.SIGTERM, 2)
+    assert rc == 143
+    assert last_line(err) == ("interrupted: 0 finished, 2 in flight; rerun the same command "
+                              "to resume")
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] * 2  # kept, not failed
+    run_cli([QUADRATIC, *args], cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    runs = (tmp_path / "runs.txt").read_text().split()[::2]
+    assert sorted(runs) == ["0", "1", "2"]  # the kept jobs were not run again
+
+
+def test_on_interrupt_cancel_stops_the_jobs_and_queues_their_params(tmp_path: Path) -> None:
+    args = local_args(tmp_path, "x=interval(-5, 5)", "sleep=20", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.n_jobs=2", "hydra.sweeper.on_interrupt=cancel",
+                      "hydra.sweeper.max_retries=0")
+    rc, err = interrupt(tmp_path, args, signal.SIGINT, 2)
+    assert rc == 130
+    assert last_line(err) == ("interrupted: 0 finished, 2 in flight; rerun the same command "
+                              "to resume")
+    study = load(tmp_path)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    queued = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(failed) == 2 and len(queued) == 2
+    assert all("its job was cancelled" in t.user_attrs[attrs.ERROR] for t in failed)
+    assert all(t.user_attrs[attrs.RETRY_COUNT] == 0 for t in queued)
+    # the jobs' processes are gone
+    pids = [i for t in failed for i in attrs.launch_job(t.user_attrs).ids]  # type: ignore[union-attr]
+    wait_for("the cancelled jobs to end", lambda: not any(
+        Path(f"/proc/{p}").exists() for p in pids), timeout=30)

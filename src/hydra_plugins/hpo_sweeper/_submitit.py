@@ -121,15 +121,46 @@ def wait(jobs: Sequence[Any]) -> list[JobReturn]:
 
 
 def cancel(jobs: Sequence[Any]) -> None:
-    """Cancel ``jobs``: scancel on SLURM, SIGINT to a local job's controller (which stops its
-    tasks). Never raises."""
+    """Cancel ``jobs``: scancel on SLURM; a local job's tasks get SIGINT (see
+    :func:`_stop_local`). Never raises."""
     for job in jobs:
         with contextlib.suppress(Exception):
-            if _orphan_local(job):
-                if _local_alive(str(job.job_id)):
-                    os.kill(int(job.job_id), signal.SIGINT)
+            if type(job).__name__ == "LocalJob":
+                _stop_local(int(job.job_id))
             else:
                 job.cancel(check=False)
+
+
+def _stop_local(pid: int) -> None:
+    """Stop the local job whose controller is ``pid``.
+
+    submitit's own ``cancel`` sends SIGINT to the controller, which then prints a
+    KeyboardInterrupt traceback on the driver's terminal (it inherits the driver's stderr). So
+    the tasks get SIGINT instead (their output goes to the job's log): the controller sees them
+    end and exits quietly. A controller with no task yet is killed (it has nothing to stop).
+    """
+    if not _local_alive(str(pid)):
+        return
+    tasks = _children(pid)
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            os.kill(task, signal.SIGINT)
+    if not tasks:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
 
 
 def facts(recs: Sequence[LaunchedJobs]) -> list[JobFacts]:
