@@ -166,11 +166,11 @@ def recover_orphans(
     verdicts = {t.number: judge(t, now=now, grace_s=grace_s,
                                 others_maybe_alive=others_maybe_alive, alive=alive_here)
                 for t in running}
-    submitted = [t for t in running if verdicts[t.number].orphan
-                 and attrs.launch_job(t.user_attrs) is not None]
+    submitted = [(t, rec) for t in running if verdicts[t.number].orphan
+                 and (rec := attrs.launch_job(t.user_attrs)) is not None]
     if submitted and lookup is not None:
-        found = lookup([attrs.launch_job(t.user_attrs) for t in submitted])  # type: ignore[misc]
-        for t, job in zip(submitted, found, strict=True):
+        found = lookup([rec for _, rec in submitted])
+        for (t, _), job in zip(submitted, found, strict=True):
             verdicts[t.number] = judge(t, now=now, grace_s=grace_s,
                                        others_maybe_alive=others_maybe_alive,
                                        alive=alive_here, job=job)
