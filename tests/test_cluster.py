@@ -258,3 +258,34 @@ def test_on_interrupt_cancel_stops_the_jobs_and_queues_their_params(tmp_path: Pa
     pids = [i for t in failed for i in attrs.launch_job(t.user_attrs).ids]  # type: ignore[union-attr]
     wait_for("the cancelled jobs to end", lambda: not any(
         Path(f"/proc/{p}").exists() for p in pids), timeout=30)
+
+
+# ------------------------------------------------------------------------------ 5. subdir
+def test_a_subdir_with_the_job_number_works_on_the_fast_in_process_path(tmp_path: Path) -> None:
+    run_cli([QUADRATIC, *quad_args(tmp_path, "x=interval(-5, 5)", "hydra.sweeper.n_trials=2",
+                                   "hydra.sweep.subdir=t_${hydra.job.num}")],
+            cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    sweep = tmp_path / "multirun" / "quadratic"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["t_0", "t_1"]
+    assert (sweep / "t_1" / ".hydra" / "overrides.yaml").exists()
+
+
+@pytest.mark.parametrize("launcher", ["in-process", "submitit_local"])
+def test_a_config_error_in_a_trial_is_a_fail_with_its_message_never_retried(
+    tmp_path: Path, launcher: str
+) -> None:
+    extra = ["x=interval(-5, 5)", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_retries=2",
+             "hydra.sweeper.max_failure_rate=1.0", "hydra.sweep.subdir=t_${hydra.job.nosuch}"]
+    args = local_args(tmp_path, *extra) if launcher != "in-process" else quad_args(
+        tmp_path, *extra)
+    out = run_cli([QUADRATIC, *args], cwd=tmp_path, env=quad_env(tmp_path),
+                  timeout=CLI_TIMEOUT_S)
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # no third: nothing retried
+    for t in trials:
+        error = t.user_attrs[attrs.ERROR]
+        assert "hydra.job.nosuch" in error and "lost" not in error, error
+        assert attrs.RETRIED not in t.user_attrs
+    assert "retrying" not in out.stdout + out.stderr

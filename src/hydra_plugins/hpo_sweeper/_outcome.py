@@ -9,6 +9,7 @@ failed outside the task (a FAIL) from a lost one (retried).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +120,12 @@ def objective_values(value: Any, n: int) -> tuple[list[float], str | None]:
 def error_line(exc: BaseException, limit: int = 500) -> str:
     """One line for a trial's error: ``Type: first line``; a submitit job's own last line."""
     if type(exc).__name__ == "FailedJobError":  # submitit: the job's own error ends the trace
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        # the trace sits between two dashed lines; its last unindented line is the error
+        # (submitit's footer, "You can check full logs ... at paths:", comes after it)
+        text = str(exc).strip()
+        parts = re.split(r"^-{10,}$", text, flags=re.MULTILINE)
+        trace = parts[1] if len(parts) >= 3 else text
+        lines = [ln for ln in trace.splitlines() if ln.strip()]
         last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(" ")), "")
         return f"job failed: {last}"[:limit]
     msg = first_line(exc, default="")
