@@ -25,6 +25,7 @@ from test_slurm import (
     CLI_TIMEOUT_S,
     job_name,
     jobs_named,
+    last_error_line,
     launcher_args,
     load,
     quad_args,
@@ -289,3 +290,90 @@ def test_a_config_error_in_a_trial_is_a_fail_with_its_message_never_retried(
         assert "hydra.job.nosuch" in error and "lost" not in error, error
         assert attrs.RETRIED not in t.user_attrs
     assert "retrying" not in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------ 3. resources
+RESOURCES = r"hydra.sweeper.resources={kind\=a: {mem_gb: 2}, kind\=b: {cpus_per_task: 2}}"
+
+
+def test_the_dry_run_prints_the_sbatch_script_of_each_resource_class(tmp_path: Path) -> None:
+    launcher = launcher_args(tmp_path, "hpotest-dry", "debug")
+    out = run_cli([QUADRATIC, *quad_args(tmp_path, "x=interval(-5, 5)", "kind=choice(a, b)",
+                                         "hydra.sweeper.n_trials=4", RESOURCES,
+                                         "hydra.sweeper.dry_run=true", *launcher)],
+                  cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S).stdout
+    heads = [ln for ln in out.splitlines() if ln.startswith("sbatch script of")]
+    assert [h.split(",")[0] for h in heads] == [
+        "sbatch script of resource class 'kind=a' (mem_gb=2)",
+        "sbatch script of resource class 'kind=b' (cpus_per_task=2)",
+        "sbatch script of the trials no resource class matches (hydra.launcher)"]
+    scripts = out.split("sbatch script of")[1:]
+    assert "#SBATCH --mem=2GB" in scripts[0] and "--cpus-per-task" not in scripts[0]
+    assert "#SBATCH --mem=1GB" in scripts[1] and "#SBATCH --cpus-per-task=2" in scripts[1]
+    assert "#SBATCH --mem=1GB" in scripts[2] and "--cpus-per-task" not in scripts[2]
+    assert "nothing was submitted" in out
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        (r"{kind\=c: {mem_gb: 2}}", "hydra.sweeper.resources['kind=c']: kind=c is not a value "
+                                    "of kind: choose from a, b"),
+        (r"{kind\=a: {gpus: 1}}", "hydra.sweeper.resources['kind=a'].gpus is not a setting of "
+                                  "hydra.launcher"),
+        (r"{model\=a: {mem_gb: 2}}", "hydra.sweeper.resources['model=a']: write the class as "
+                                     "'<searched param>=value[,value]'"),
+    ],
+)
+def test_a_bad_resource_class_is_one_line_naming_it(tmp_path: Path, resources: str,
+                                                    expected: str) -> None:
+    proc = run_cli([QUADRATIC, *quad_args(tmp_path, "x=interval(-5, 5)", "kind=choice(a, b)",
+                                          f"hydra.sweeper.resources={resources}",
+                                          *local_args(tmp_path)[2:])],
+                   cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert expected in last_error_line(proc.stderr), proc.stderr[-2000:]
+
+
+def sacct_field(ids: list[str], field: str) -> dict[str, str]:
+    done = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o",
+                           f"JobID,{field}"], capture_output=True, text=True, timeout=30,
+                          check=True)
+    return dict(ln.split("|", 1) for ln in done.stdout.split())
+
+
+@pytest.mark.slurm
+def test_each_trials_job_gets_the_resources_of_its_class(slurm_cluster, tmp_path: Path) -> None:
+    name = job_name()
+    run_cli([QUADRATIC, *quad_args(tmp_path, "x=interval(-5, 5)", "kind=choice(a, b)",
+                                   "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                                   "hydra.sweeper.seed=0",  # draws kind a, b, b, a
+                                   RESOURCES, *launcher_args(tmp_path, name,
+                                                             slurm_cluster.partition))],
+            cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    kinds = {t.params["kind"] for t in study.trials}
+    assert kinds == {"a", "b"}, "TPE drew one kind only: change the seed"
+    job = {attrs.launch_job(t.user_attrs).ids[0]: t for t in study.trials}  # type: ignore[union-attr]
+    cpus = sacct_field(list(job), "AllocCPUS")
+    mem = sacct_field(list(job), "ReqMem")
+    for job_id, t in job.items():
+        rec = t.user_attrs[attrs.LAUNCH]
+        if t.params["kind"] == "a":
+            assert (cpus[job_id], mem[job_id], rec["resources"]) == ("1", "2G", "kind=a")
+        else:
+            assert (cpus[job_id], mem[job_id], rec["resources"]) == ("2", "1G", "kind=b")
+
+
+@pytest.mark.slurm
+def test_a_rejected_resource_class_is_named(slurm_cluster, tmp_path: Path) -> None:
+    proc = run_cli([QUADRATIC, *quad_args(
+        tmp_path, "x=interval(-5, 5)", "kind=choice(b)", "hydra.sweeper.n_trials=2",
+        r"hydra.sweeper.resources={kind\=b: {mem_gb: 500}}",
+        *launcher_args(tmp_path, job_name(), slurm_cluster.partition))],
+        cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    line = last_error_line(proc.stderr)
+    assert line.startswith("SLURM rejected the job of resource class 'kind=b': "), line
+    assert "hydra.sweeper.resources['kind=b'].mem_gb" in line

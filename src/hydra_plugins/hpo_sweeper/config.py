@@ -88,7 +88,7 @@ class HPOSweeperConf:
     # value}}, e.g. {"model=resnet9": {gpus_per_node: 1, mem_gb: 32, timeout_min: 240}}. The
     # first class whose condition holds for a trial's params is merged into hydra.launcher
     # for that trial's job; a trial no class matches gets hydra.launcher as it is.
-    resources: Dict[str, Any] = field(default_factory=dict)
+    resources: Any = None
 
     # On SIGINT/SIGTERM, what happens to jobs in flight on submitit launchers: keep (they run
     # on; rerunning the same command re-attaches to them) or cancel (scancel / stop them; their
@@ -104,7 +104,7 @@ class HPOSweeperConf:
     detach: bool = False
 
     # sbatch options of that driver job, e.g. {time: "3-00:00:00", partition: cpu, mem: 4G}.
-    driver_sbatch: Dict[str, Any] = field(default_factory=dict)
+    driver_sbatch: Any = None
 
 
 ConfigStore.instance().store(
