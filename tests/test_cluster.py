@@ -377,3 +377,55 @@ def test_a_rejected_resource_class_is_named(slurm_cluster, tmp_path: Path) -> No
     line = last_error_line(proc.stderr)
     assert line.startswith("SLURM rejected the job of resource class 'kind=b': "), line
     assert "hydra.sweeper.resources['kind=b'].mem_gb" in line
+
+
+# ------------------------------------------------------------------------------ 2. detach
+def status_text(tmp: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "hpo.status", "--storage",
+                           f"sqlite:///{tmp / 's.db'}", "--study", "quadratic"],
+                          capture_output=True, text=True, timeout=60, env=quad_env(tmp),
+                          check=True)
+    return done.stdout
+
+
+def driver_line(tmp: Path) -> str:
+    return next(ln for ln in status_text(tmp).splitlines() if ln.startswith("driver: "))
+
+
+@pytest.mark.slurm
+def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_status(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    name = job_name()
+    args = quad_args(tmp_path, "x=interval(-5, 5)", "sleep=3", "hydra.sweeper.n_trials=3",
+                     "hydra.sweeper.detach=true",
+                     f"hydra.sweeper.driver_sbatch={{partition: {slurm_cluster.partition}, "
+                     "mem: 1G}",
+                     *launcher_args(tmp_path, name, slurm_cluster.partition))
+    out = run_cli([QUADRATIC, *args], cwd=tmp_path, env=quad_env(tmp_path),
+                  timeout=CLI_TIMEOUT_S).stdout
+    head = out.splitlines()[0]
+    assert head.startswith("driver submitted as SLURM job "), out
+    driver = head.split()[5]
+    log = tmp_path / "multirun" / "quadratic" / f"driver-{driver}.log"
+    assert f"log:    {log}" in out
+    # the driver job runs the sweep; preempt it (requeue) once a trial's job runs
+    wait_for("the driver's first trial job", lambda: squeue(name, "RUNNING"))
+    line = wait_for("status to show the driver running",
+                    lambda: (ln := driver_line(tmp_path)).startswith(
+                        f"driver: SLURM job {driver} running") and ln)
+    assert f"log {log}" in line
+    subprocess.run(["scontrol", "requeue", driver], check=True, timeout=30)
+    wait_for("the driver job to end", lambda: sacct_until_final([driver], timeout=1).get(
+        driver) == "COMPLETED" and not squeue(name), timeout=150)
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3, log.read_text()[-3000:]
+    ids = launched_ids(study)
+    assert len(ids) == 3 and jobs_named(name) == set(ids)  # nothing ran twice
+    text = log.read_text()
+    assert "run 2" in text  # the requeued run of the same job
+    assert "interrupted: 0 finished, 1 in flight; rerun the same command to resume" in text
+    assert "1 re-attached" in text
+    assert driver_line(tmp_path).startswith(
+        f"driver: SLURM job {driver} ended COMPLETED"), status_text(tmp_path)
+    assert "(requeued 1x)" in driver_line(tmp_path)
