@@ -429,3 +429,29 @@ def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_s
     assert driver_line(tmp_path).startswith(
         f"driver: SLURM job {driver} ended COMPLETED"), status_text(tmp_path)
     assert "(requeued 1x)" in driver_line(tmp_path)
+
+
+# ------------------------------------------------------------------------------ 6. arrays
+@pytest.mark.slurm
+def test_ready_trials_go_out_as_one_job_array_and_slots_still_refill(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    # TPE's startup with seed 0 draws sleep 6, 0.5, 6: trials 0 and 1 are ready together (one
+    # array of 2 tasks); trial 2 starts when trial 1 ends, while trial 0 still runs
+    name = job_name()
+    run_cli([QUADRATIC, *quad_args(tmp_path, "sleep=choice(0.5, 6)", "hydra.sweeper.seed=0",
+                                   "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+                                   "hydra.sweeper.array=true",
+                                   *launcher_args(tmp_path, name, slurm_cluster.partition))],
+            cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
+    t0, t1, t2 = load(tmp_path).trials
+    assert [t.state for t in (t0, t1, t2)] == [TrialState.COMPLETE] * 3
+    assert [t.params["sleep"] for t in (t0, t1, t2)] == [6, 0.5, 6]
+    ids = launched_ids(load(tmp_path))
+    array = ids[0].split("_")[0]
+    assert ids[:2] == [f"{array}_0", f"{array}_1"], ids  # one array, one task per trial
+    assert "_" not in ids[2]  # a single refill is a plain job
+    assert t1.datetime_complete <= t2.datetime_start < t0.datetime_complete  # no barrier
+    assert sacct_until_final(ids) == dict.fromkeys(ids, "COMPLETED")
+    for t in (t0, t1, t2):
+        assert t.value == pytest.approx((0 - 2.0) ** 2 + 0 + 0)
