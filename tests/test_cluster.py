@@ -455,3 +455,19 @@ def test_ready_trials_go_out_as_one_job_array_and_slots_still_refill(
     assert sacct_until_final(ids) == dict.fromkeys(ids, "COMPLETED")
     for t in (t0, t1, t2):
         assert t.value == pytest.approx((0 - 2.0) ** 2 + 0 + 0)
+
+
+# ------------------------------------------------------------------------------ docs
+def test_the_docs_launcher_example_runs_as_written(tmp_path: Path) -> None:
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "slurm.md").read_text()
+    block = next(b for b in text.split("```bash\n")[1:] if "mail-type" in b).split("```")[0]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:3] == ["python", "-m", "hpo.train"]
+    proc = run_cli([*argv[1:], "hydra.sweeper.dry_run=true"], cwd=tmp_path,
+                   env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
+    for line in ("#SBATCH --mail-type=END,FAIL", "#SBATCH --mail-user=me@example.org",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=myproject",
+                 "#SBATCH --constraint=a100", "module load cuda/12.4"):
+        assert line in proc.stdout, line
