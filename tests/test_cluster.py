@@ -393,8 +393,12 @@ def driver_line(tmp: Path) -> str:
 
 
 @pytest.mark.slurm
+@pytest.mark.parametrize("stop", [
+    ["scontrol", "requeue"],  # what preemption does: SIGTERM, then the job is queued again
+    ["scancel", "--batch", "--signal=USR1"],  # the notice before its time limit
+], ids=["requeue", "usr1"])
 def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_status(
-    slurm_cluster, tmp_path: Path
+    slurm_cluster, tmp_path: Path, stop: list[str]
 ) -> None:
     name = job_name()
     args = quad_args(tmp_path, "x=interval(-5, 5)", "sleep=3", "hydra.sweeper.n_trials=3",
@@ -415,7 +419,7 @@ def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_s
                     lambda: (ln := driver_line(tmp_path)).startswith(
                         f"driver: SLURM job {driver} running") and ln)
     assert f"log {log}" in line
-    subprocess.run(["scontrol", "requeue", driver], check=True, timeout=30)
+    subprocess.run([*stop, driver], check=True, timeout=30)
     wait_for("the driver job to end", lambda: sacct_until_final([driver], timeout=1).get(
         driver) == "COMPLETED" and not squeue(name), timeout=150)
     study = load(tmp_path)
