@@ -188,10 +188,12 @@ def interrupt(tmp: Path, args: list[str], sig: signal.Signals, n_running: int
 
 
 def running_trials(tmp: Path) -> int:
+    """RUNNING trials whose job was started (``hpo:launch`` written): asked is not enough."""
     try:
-        return len(load(tmp).get_trials(states=(TrialState.RUNNING,)))
+        trials = load(tmp).get_trials(states=(TrialState.RUNNING,))
     except Exception:  # no study yet
         return 0
+    return sum(attrs.LAUNCH in t.user_attrs for t in trials)
 
 
 def last_line(text: str) -> str:
