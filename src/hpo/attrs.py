@@ -150,6 +150,11 @@ DRIVER_JOB = _key(
     "hpo:driver_job", "study", "sweeper (detach)",
     '`{"job_id": "123", "log": "/abs/driver-123.log", "script": "/abs/driver.sbatch", '
     '"submitted": unix time}`: the SLURM job that runs the driver (`hydra.sweeper.detach`)')
+APP = _key(
+    "hpo:app", "study", "sweeper (hpo.best.write_results)",
+    '`{"argv": [...], "config_name": ..., "config_dir": ..., "groups": [...]}`: how the '
+    "sweep's app is started (program and config flags, no overrides) and its config groups; "
+    "`python -m hpo.best` builds rerun commands and exported configs from it")
 SEARCH_SPACE = _key("hpo:search_space", "study", "sweeper",
                     "`{param: distribution class}` of the first run")
 STOP = _key("hpo:stop", "study", "sampler", "the planner's reason to stop the study")

@@ -51,6 +51,7 @@ from hpo.attrs import (
     TOKENS_OUT,
     TOKENS_OUT_TOTAL,
 )
+from hpo.best import objective_names
 from hpo.errors import ConfigError, HPOError, first_line
 from hpo.samplers import llm_share_summary
 from hpo.storage import load_existing_study, open_existing
@@ -109,16 +110,6 @@ def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
 
 
 # ---------------------------------------------------------------------------- leaderboard
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """The study's metric names (``study.set_metric_names``), else ``value`` / ``value_<i>``."""
-    names = study.metric_names
-    if names and len(names) == len(study.directions):
-        return list(names)
-    if len(study.directions) == 1:
-        return ["value"]
-    return [f"value_{i}" for i in range(len(study.directions))]
 
 
 def _sign(direction: StudyDirection) -> float:
