@@ -122,8 +122,10 @@ class HPOSweeperImpl(Sweeper):
                 lookup=job_facts, slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,
             )
             register_driver(study, me, plan)
+        from hpo.best import app_of
+
         loop = SlotLoop(plan, study, sampler, runner, driver=me, adopt=recovered.adopt,
-                        guard=guard)
+                        guard=guard, app=app_of(self.config))
         return study, loop
 
     def _check_composition(self, overrides: list[str]) -> None:

@@ -178,6 +178,9 @@ class SlotLoop:
         adopt: RUNNING trials of earlier drivers whose jobs this run waits for (re-attached:
             they ended with a result, or still run); they take slots first.
         guard: The signal guard of the sweep; default: one of the loop's own.
+        app: How the sweep's app was started (:func:`hpo.best.app_of`): when given, the
+            sweep's end (also an early stop or an interruption) writes
+            ``<sweep dir>/optimization_results.yaml`` (:func:`hpo.best.write_results`).
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class SlotLoop:
         progress: Any = None,
         adopt: Sequence[FrozenTrial] = (),
         guard: Guard | None = None,
+        app: Any = None,
     ) -> None:
         self.plan = plan
         self.study = study
@@ -204,6 +208,8 @@ class SlotLoop:
         self.tally = Tally(plan.budget, plan.slots, budget_used(study.get_trials(deepcopy=False)))
         self.exhausted = False
         self.interrupted_in_flight = 0
+        self.app = app
+        self.results_path: Path | None = None
         self._beat_stop = threading.Event()
         self.progress = progress if progress is not None else _make_progress(plan, study)
         if plan.folds > 1:
@@ -269,8 +275,23 @@ class SlotLoop:
             self._beat_stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             self.progress.close()
+            self._write_results()
         self._summary()
         return self.study
+
+    def _write_results(self) -> None:
+        """``optimization_results.yaml`` for this sweep (see ``app``); a failure to write it
+        is logged, never raised: the sweep's own outcome comes first."""
+        if self.app is None:
+            return
+        from hpo.best import write_results
+
+        try:
+            self.results_path = write_results(self.study, self.plan.sweep_dir, app=self.app,
+                                              storage_url=self.plan.storage_url)
+        except Exception as exc:  # a full disk, a read-only sweep dir
+            log.warning("could not write the results file in %s: %s", self.plan.sweep_dir,
+                        error_line(exc))
 
     def _check_failure_rate(self) -> None:
         error = self.tally.failure_rate_error(self.plan.sweep_dir)
