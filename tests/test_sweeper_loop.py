@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -31,6 +33,7 @@ from hydra_plugins.hpo_sweeper._loop import (
     budget_used,
     stop_reason,
     suggest_active,
+    summary_commands,
 )
 from hydra_plugins.hpo_sweeper._outcome import outcome
 from hydra_plugins.hpo_sweeper._plan import (
@@ -499,3 +502,17 @@ def test_k_fold_trials_tell_the_mean_and_store_the_folds() -> None:
     # not derivable here: the first fold's output dir is stored
     assert first.user_attrs[attrs.OUTPUT_DIR] == "/tmp/hpo-loop-test/0"
 
+
+
+def test_the_end_of_sweep_lines_name_the_results_file_report_and_dashboard(
+    tmp_path: Path,
+) -> None:
+    plan = make_plan(storage=f"sqlite:///{tmp_path / 'my db.db'}", study_name="s1")
+    lines = summary_commands(plan, tmp_path / "optimization_results.yaml")
+    url = shlex.quote(f"sqlite:///{tmp_path / 'my db.db'}")
+    assert lines == [
+        f"results:   {tmp_path / 'optimization_results.yaml'}",
+        f"report:    python -m hpo.report --storage {url} --study s1 --out report/",
+        f"dashboard: python -m hpo.dashboard --storage {url}",
+    ]
+    assert summary_commands(make_plan(), None) == []  # in memory, nothing written

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -535,6 +536,8 @@ class SlotLoop:
         return sum(1 for t in self.study.get_trials(deepcopy=False) if counts_in_budget(t))
 
     def _summary(self) -> None:
+        """The sweep's last lines: the best trial(s), where the trials came from, the results
+        file, and the commands that show the study."""
         reason = self.stop_reason()
         if reason:
             log.warning("sweep stopped early: %s", reason)
@@ -550,11 +553,25 @@ class SlotLoop:
         except ValueError:
             log.info("no completed trial yet")
         log.info("%s", _source_summary(self.study))
-        if not self.plan.in_memory:
-            url = redact_url(self.plan.storage_url or "")
-            log.info("inspect: python -m hpo.dashboard --storage %s   (report: python -m "
-                     "hpo.report --storage %s --study %s --out report/)", url, url,
-                     self.plan.study_name)
+        for line in summary_commands(self.plan, self.results_path):
+            log.info("%s", line)
+
+
+def summary_commands(plan: SweepPlan, results: Path | None) -> list[str]:
+    """The end-of-sweep lines that say where the results are and how to look at the study
+    (``python -m hpo.dashboard``, which shows the artifacts; plain optuna-dashboard does
+    not). A study in memory is gone with the process: no command for it."""
+    lines = []
+    if results is not None:
+        lines.append(f"results:   {results}")
+    if not plan.in_memory:
+        url = shlex.quote(redact_url(plan.storage_url or ""))
+        study = shlex.quote(plan.study_name)
+        lines += [
+            f"report:    python -m hpo.report --storage {url} --study {study} --out report/",
+            f"dashboard: python -m hpo.dashboard --storage {url}",
+        ]
+    return lines
 
 
 def record_attrs(plan: SweepPlan, result: Outcome) -> dict[str, Any]:
