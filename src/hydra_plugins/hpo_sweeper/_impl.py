@@ -14,6 +14,7 @@ Each step is a module of its own, and values flow between them:
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -43,6 +44,8 @@ from ._study import (
 )
 from ._submitit import facts as job_facts
 from .config import HPOSweeperConf
+
+log = logging.getLogger(__name__)
 
 
 class HPOSweeperImpl(Sweeper):
@@ -75,9 +78,23 @@ class HPOSweeperImpl(Sweeper):
             group_options=loader.get_group_options,
             launcher=launcher_facts(self.launcher, fast_inprocess=self.options.fast_inprocess),
         )
+        if not plan.study_named:
+            self._name_study(plan.study_name)
         for values in plan.validation_points():
             self._check_composition(plan.trial_overrides(values))
         return plan
+
+    def _name_study(self, name: str) -> None:
+        """Give the sweep's config, and every job's, the default study name (the sweep dir
+        and the jobs may interpolate ``${hydra.sweeper.study_name}``)."""
+        from omegaconf import open_dict, read_write
+
+        assert self.config is not None
+        with read_write(self.config), open_dict(self.config):
+            self.config.hydra.sweeper.study_name = name
+            self.config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")
+        log.info("study %r (no hydra.sweeper.study_name: the config name and a hash of the "
+                 "search space; set it to name the study yourself)", name)
 
     def sweep(self, arguments: list[str]) -> Any:
         with Guard() as guard:

@@ -10,6 +10,7 @@ from ``OmegaConf.create(...)``. What the plan knows is all the rest of the sweep
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from optuna.study import StudyDirection
 
 from hpo import trial_context
 from hpo.errors import ConfigError, SearchSpaceError
+from hpo.naming import default_study_name
 from hpo.space import ParamSpec, check_value, clamp_value
 
 from ._grammar import ParsedParam, format_value, parse_params
@@ -139,6 +141,11 @@ class SweepPlan:
             derived (in-process jobs, a subdir made of literal text and the job number); None:
             the sweeper stores each trial's output dir instead.
         dry_run: Print the plan; start and store nothing.
+        study_named: The user named the study (``hydra.sweeper.study_name``); else
+            ``study_name`` is ``default_study_name``.
+        default_study_name: The config name plus a hash of the search space
+            (:func:`hpo.naming.default_study_name`): the study when none is named, and the
+            name the clash message proposes.
         progress: Live progress on a terminal.
         resources: Launcher settings per trial, in order (the first that applies wins).
         on_interrupt: What SIGINT/SIGTERM does to submitit jobs in flight: keep or cancel.
@@ -167,6 +174,8 @@ class SweepPlan:
     output_dir_pattern: str | None
     dry_run: bool = False
     progress: bool = True
+    study_named: bool = True
+    default_study_name: str = ""
     resources: tuple[ResourceClass, ...] = ()
     on_interrupt: str = "keep"
     array: bool = False
@@ -322,8 +331,14 @@ def build_plan(
     resources = resource_classes(_plain(options.resources) or {}, specs, launcher)
     objective_names = objectives(config, directions)
     folds = int(OmegaConf.select(config, "cv.folds", default=1) or 1)
+    study_named = options.study_name not in (None, "")
+    default_name = default_study_name(
+        OmegaConf.select(config, "hydra.job.config_name", default=None),
+        {s.name: s.distribution for s in specs})
+    study_name = str(options.study_name) if study_named else default_name
+    if not study_named:  # the sweep dir and the jobs see the name (${hydra.sweeper.study_name})
+        config = with_study_name(config, study_name)
     sweep_dir = str(config.hydra.sweep.dir)
-    study_name = str(options.study_name)
     agent = OmegaConf.select(config, "agent", default=None) if options.sampler is None else None
     max_epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
     sampler = SamplerSpec(
@@ -357,6 +372,8 @@ def build_plan(
         output_dir_pattern=output_dir_pattern(config, launcher, folds),
         dry_run=bool(options.dry_run),
         progress=bool(options.progress),
+        study_named=study_named,
+        default_study_name=default_name,
         resources=resources,
         on_interrupt=on_interrupt,
         array=bool(options.array),
@@ -402,6 +419,16 @@ def absolute_storage_url(url: str | None) -> str | None:
     if url and url.startswith("journal://"):
         url = "journal://" + str(Path(url[len("journal://"):]).resolve())
     return url
+
+
+def with_study_name(config: DictConfig, name: str) -> DictConfig:
+    """A copy of ``config`` whose ``hydra.sweeper.study_name`` is ``name``."""
+    from omegaconf import open_dict
+
+    out = copy.deepcopy(config)
+    with open_dict(out):
+        OmegaConf.update(out, "hydra.sweeper.study_name", name, force_add=True)
+    return out
 
 
 def check_cluster_options(options: HPOSweeperConf, launcher: LauncherFacts) -> None:

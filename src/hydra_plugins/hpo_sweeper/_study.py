@@ -144,9 +144,9 @@ def open_study(
     if existing != list(plan.directions):
         raise ConfigError(
             f"study {plan.study_name!r} already exists with direction {existing}, not "
-            f"{list(plan.directions)}: use another hydra.sweeper.study_name or the same direction"
+            f"{list(plan.directions)}: {_other_study(plan)}, or keep the direction"
         )
-    _check_distributions(study, plan.distributions, plan.study_name)
+    _check_distributions(study, plan.distributions, plan.study_name, _other_study(plan))
     if not study.user_attrs.get(attrs.SEARCH_SPACE):
         study.set_user_attr(attrs.SEARCH_SPACE, {
             s.name: s.distribution.__class__.__name__ for s in plan.space
@@ -157,16 +157,25 @@ def open_study(
     return study
 
 
+def _other_study(plan: SweepPlan) -> str:
+    """The exact override that gives this sweep a study of its own."""
+    name = plan.default_study_name
+    if not name or name == plan.study_name:  # the default clashes too: suffix it
+        name = f"{plan.study_name}-2"
+    return f"rerun with hydra.sweeper.study_name={name} for a study of its own"
+
+
 def _check_distributions(
-    study: optuna.Study, distributions: Mapping[str, BaseDistribution], name: str
+    study: optuna.Study, distributions: Mapping[str, BaseDistribution], name: str,
+    other: str,
 ) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         for param, dist in t.distributions.items():
             new = distributions.get(param)
             if new is not None and new != dist:
                 raise ConfigError(
-                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: keep the "
-                    "search space of a study, or use a new hydra.sweeper.study_name"
+                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: {other}, "
+                    f"or keep the search space of study {name!r}"
                 )
         break
 

@@ -19,8 +19,10 @@ class HPOSweeperConf:
     # Keep passwords out of it: use PGPASSWORD/.pgpass, or ${oc.env:HPO_STORAGE_URL}.
     storage: Optional[str] = "sqlite:///outputs/hpo.db"
 
-    # Study name; rerunning with the same name resumes the study.
-    study_name: str = "hpo"
+    # Study name; rerunning with the same name resumes the study. Unset (null): the config
+    # name plus a short hash of the search space (e.g. train-3f9a1c, shown at start), so that
+    # sweeps over different spaces never clash and the same command resumes its own study.
+    study_name: Optional[str] = None
 
     # Total budget of the study: finished trials (complete + pruned + failed) the study should
     # hold. Rerunning an interrupted sweep finishes the rest; raising it extends the study.
