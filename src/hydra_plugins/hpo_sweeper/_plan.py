@@ -339,10 +339,11 @@ def build_plan(
     if not study_named:  # the sweep dir and the jobs see the name (${hydra.sweeper.study_name})
         config = with_study_name(config, study_name)
     sweep_dir = str(config.hydra.sweep.dir)
-    agent = OmegaConf.select(config, "agent", default=None) if options.sampler is None else None
+    chosen = None if _llm_choice(options.sampler) else options.sampler
+    agent = OmegaConf.select(config, "agent", default=None) if chosen is None else None
     max_epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
     sampler = SamplerSpec(
-        sampler=options.sampler,
+        sampler=chosen,
         fallback=options.fallback_sampler,
         agent=agent,
         seed=options.seed,
@@ -419,6 +420,13 @@ def absolute_storage_url(url: str | None) -> str | None:
     if url and url.startswith("journal://"):
         url = "journal://" + str(Path(url[len("journal://"):]).resolve())
     return url
+
+
+def _llm_choice(sampler: Any) -> bool:
+    """Whether ``hydra.sweeper.sampler`` is ``hydra/sweeper/sampler=llm`` (the default,
+    named)."""
+    return (isinstance(sampler, Mapping) or OmegaConf.is_dict(sampler)) and bool(
+        sampler.get("llm")) and "_target_" not in sampler
 
 
 def with_study_name(config: DictConfig, name: str) -> DictConfig:

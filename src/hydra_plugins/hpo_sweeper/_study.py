@@ -7,6 +7,7 @@ Everything here reads the :class:`~._plan.SweepPlan`; nothing here decides what 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs, trial_context
@@ -60,7 +61,7 @@ def build_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
     place that reads it); else the fallback sampler."""
     spec = plan.sampler
     if spec.sampler is not None:
-        return _as_sampler(spec.sampler, "sampler")
+        return _as_sampler(_with_grid(spec.sampler, plan), "sampler")
     fallback = build_fallback(plan)
     if spec.agent is None:
         return fallback
@@ -80,6 +81,40 @@ def build_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
         sensitive=dict(spec.sensitive),
         fidelity=spec.fidelity,
     )
+
+
+def _with_grid(obj: Any, plan: SweepPlan) -> Any:
+    """``hydra/sweeper/sampler=grid`` (a partial GridSampler) with no ``search_space``: the
+    grid of the searched params (choices as they are, ranges by their step)."""
+    if not (isinstance(obj, functools.partial) and obj.func is optuna.samplers.GridSampler
+            and obj.keywords.get("search_space") is None):
+        return obj
+    grid = {}
+    for s in plan.space:
+        values = grid_values(s.distribution)
+        if values is None:
+            low, high = getattr(s.distribution, "low", "?"), getattr(s.distribution, "high", "?")
+            raise ConfigError(
+                f"hydra/sweeper/sampler=grid needs the values of {s.name!r} ({s.distribution}):"
+                f" give it a step, e.g. {s.name}=range({low}, {high}, step=...), or choice(...)"
+            )
+        grid[s.name] = values
+    return obj.func(*obj.args, **{**obj.keywords, "search_space": grid})
+
+
+def grid_values(dist: BaseDistribution) -> list[Any] | None:
+    """The grid points of a distribution: its choices, or its range by its step; None for a
+    float interval without a step."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    step = getattr(dist, "step", None)
+    if step is None:
+        return None
+    low, high = dist.low, dist.high  # type: ignore[attr-defined]
+    count = round((high - low) / step) + 1
+    values = [low + i * step for i in range(count)]
+    return [int(v) for v in values] if isinstance(dist, IntDistribution) else [
+        round(v, 12) for v in values]
 
 
 def _as_sampler(obj: Any, name: str) -> optuna.samplers.BaseSampler:

@@ -5,7 +5,7 @@ No ``from __future__ import annotations`` here: Hydra's plugin scanner runs this
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -13,6 +13,10 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class HPOSweeperConf:
     _target_: str = "hydra_plugins.hpo_sweeper.hpo_sweeper.HPOSweeper"
+
+    # hydra/sweeper/sampler=llm|tpe|random|cmaes|gp|grid|nsgaii|qmc selects a sampler config
+    # (as hydra-optuna-sweeper's groups do); none selected: the `sampler` option below.
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"sampler": None}])
 
     # Optuna storage URL: sqlite:///path.db, postgresql://user@host/db, journal:///path.log,
     # or memory. Relative sqlite/journal paths are resolved against the launch directory.
@@ -55,8 +59,9 @@ class HPOSweeperConf:
     seed: Optional[int] = None
 
     # Sampler (Hydra instantiates these configs before the sweeper sees them).
-    # null = LLMSampler when the app config has an `agent` node (hpo.train does), else
-    # TPE; or a config with a _target_, e.g. {_target_: optuna.samplers.TPESampler}.
+    # null (or hydra/sweeper/sampler=llm) = LLMSampler when the app config has an `agent`
+    # node (hpo.train does), else the fallback sampler; or a config with a _target_, e.g.
+    # {_target_: optuna.samplers.TPESampler}, or a group option (hydra/sweeper/sampler=tpe).
     sampler: Any = None
 
     # The classical sampler the LLMSampler falls back to (and shares trials with).
@@ -112,3 +117,21 @@ class HPOSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="hpo", node=HPOSweeperConf, provider="hpo"
 )
+
+# hydra/sweeper/sampler=<name>: Optuna's samplers by their hydra-optuna-sweeper names, seeded
+# by hydra.sweeper.seed. `grid` is partial: the sweeper builds its grid from the searched
+# params when no search_space is given. `llm` is the default behaviour, named.
+_SEED = "${hydra.sweeper.seed}"
+SAMPLER_GROUP: Dict[str, Dict[str, Any]] = {
+    "llm": {"llm": True},
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": _SEED},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": _SEED},
+    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": _SEED},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": _SEED},
+    "grid": {"_target_": "optuna.samplers.GridSampler", "_partial_": True, "seed": _SEED},
+    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": _SEED},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": _SEED},
+}
+for _name, _node in SAMPLER_GROUP.items():
+    ConfigStore.instance().store(group="hydra/sweeper/sampler", name=_name, node=_node,
+                                 provider="hpo")
