@@ -122,6 +122,9 @@ CURVES = _key("curves", "trial", "job (OptunaReporter, command task)",
               '`{"epoch": [...], "val/loss": [...], ...}`: the learning curves so far')
 PER_CLASS = _key("per_class", "trial", "job (OptunaReporter); sweeper under cv.folds",
                  "per-class scores (under cv.folds: the mean over folds, with `std`)")
+PER_CLASS_STD = _key("per_class_std", "trial", "sweeper under cv.folds",
+                     "the sample standard deviation across folds of each per-class score "
+                     "(`{metric: {class: std}}`; null with one fold's value)")
 CURVES_FOLD = _key("curves_fold_<i>", "trial", "job (OptunaReporter, command task)",
                    "under cv.folds: fold i's learning curves")
 PER_CLASS_FOLD = _key("per_class_fold_<i>", "trial", "job (OptunaReporter, command task)",

@@ -474,8 +474,30 @@ class SlotLoop:
         tid = slot.trial_id
         for key, value in record_attrs(self.plan, result).items():
             storage.set_trial_user_attr(tid, key, value)
-        if result.output_dir and not self.plan.in_memory:  # while the trial still runs
+        if result.fold_dirs:
+            self._record_folds(tid, result.fold_dirs)
+        elif result.output_dir and not self.plan.in_memory:  # while the trial still runs
             _upload_artifacts(self.study, tid, Path(result.output_dir), self.plan.storage_url)
+
+    def _record_folds(self, tid: int, fold_dirs: Sequence[str]) -> None:
+        """k-fold CV: the trial's per-class scores become their mean and std across the
+        folds (each fold's stay under ``per_class_fold_<i>``, its curves under
+        ``curves_fold_<i>``); each fold's artifacts are uploaded as ``fold_<i>_<file>``."""
+        from hpo.trial_context import fold_key, per_class_across_folds
+
+        storage = self.study._storage
+        user = storage.get_trial(tid).user_attrs
+        per_fold = [user[k] for i in range(len(fold_dirs))
+                    if isinstance(user.get(k := fold_key(attrs.PER_CLASS, i)), Mapping)]
+        if per_fold:
+            summary = per_class_across_folds(per_fold)
+            storage.set_trial_user_attr(tid, attrs.PER_CLASS, summary["mean"])
+            storage.set_trial_user_attr(tid, attrs.PER_CLASS_STD, summary["std"])
+        if self.plan.in_memory:
+            return
+        for i, out in enumerate(fold_dirs):
+            if out:
+                _upload_fold_artifacts(self.study, tid, Path(out), i, self.plan.storage_url)
 
     def _tell_study(self, number: int, values: Any = None, *,
                     state: TrialState | None = None) -> FrozenTrial | None:
@@ -666,6 +688,31 @@ def _upload_artifacts(study: optuna.Study, trial_id: int, out: Path, url: str | 
         return
     try:
         upload_trial_artifacts(study, trial_id, out, url)
+    except Exception as exc:  # artifacts are copies: never fail a trial over them
+        log.warning("could not upload the artifacts of %s: %s", out, error_line(exc))
+
+
+def _upload_fold_artifacts(study: optuna.Study, trial_id: int, out: Path, fold: int,
+                           url: str | None) -> None:
+    """Fold ``fold``'s artifacts, renamed ``fold_<i>_<file>`` (every fold writes the same
+    file names, and a trial holds one artifact per name)."""
+    import shutil
+    import tempfile
+
+    try:
+        from hpo.artifacts import TRIAL_ARTIFACT_FILES, upload_trial_artifacts
+    except ImportError:
+        return
+    present = [n for n in TRIAL_ARTIFACT_FILES if (out / n).is_file()]
+    if not present:
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpo-fold-") as tmp:
+            names = []
+            for name in present:
+                shutil.copyfile(out / name, Path(tmp) / f"fold_{fold}_{name}")
+                names.append(f"fold_{fold}_{name}")
+            upload_trial_artifacts(study, trial_id, Path(tmp), url, files=names)
     except Exception as exc:  # artifacts are copies: never fail a trial over them
         log.warning("could not upload the artifacts of %s: %s", out, error_line(exc))
 

@@ -33,6 +33,7 @@ class Outcome:
         folds: k-fold CV: each fold's values (one number per fold for one objective).
         fold_std: k-fold CV: the folds' standard deviation (per objective when several).
         output_dir: The (first) job's output directory, when Hydra set it.
+        fold_dirs: k-fold CV: each fold job's output directory, in fold order.
         job_id: The launcher's id of the (first) job.
     """
 
@@ -43,6 +44,7 @@ class Outcome:
     fold_std: Any = None
     output_dir: str | None = None
     job_id: str | None = None
+    fold_dirs: tuple[str, ...] = ()
 
 
 def outcome(rets: Sequence[JobReturn], n_objectives: int) -> Outcome:
@@ -73,10 +75,12 @@ def outcome(rets: Sequence[JobReturn], n_objectives: int) -> Outcome:
     stds = [math.sqrt(sum((v[i] - means[i]) ** 2 for v in per_fold) / max(n - 1, 1))
             for i in range(n_objectives)]
     single = n_objectives == 1
+    dirs = tuple(str(r.hydra_cfg.hydra.runtime.get("output_dir") or "") if r.hydra_cfg
+                 is not None else "" for r in rets)
     return Outcome(
         TrialState.COMPLETE, values=tuple(means),
         folds=[v[0] for v in per_fold] if single else per_fold,
-        fold_std=stds[0] if single else stds, **where,
+        fold_std=stds[0] if single else stds, fold_dirs=dirs, **where,
     )
 
 
