@@ -25,13 +25,14 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from hpo.attrs import driver_id
+from hpo.attrs import driver_id, trial_output_dir
 from hpo.errors import ConfigError, SearchSpaceError, first_line
 
 from ._detach import ENV_DRIVER_JOB
 from ._interrupt import Guard, Interrupted, exit_interrupted, interrupt_line
 from ._jobs import JobRunner, launcher_facts
 from ._loop import SlotLoop
+from ._lost_storage import tell_unreported
 from ._plan import SweepPlan, build_plan
 from ._recovery import recover_orphans
 from ._study import (
@@ -134,6 +135,8 @@ class HPOSweeperImpl(Sweeper):
         me = driver_id()
         runner = JobRunner(self.launcher, plan)
         with guard.critical():  # trials are judged and their fates written together
+            # results an earlier run kept beside its trials when it lost the storage
+            tell_unreported(study, lambda n, user: trial_output_dir(n, user, study.user_attrs))
             recovered = recover_orphans(
                 study, grace_s=plan.heartbeat_grace_s, max_retries=plan.budget.max_retries,
                 lookup=job_facts, slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,

@@ -12,6 +12,7 @@ what is in flight (:mod:`._interrupt` for signals).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shlex
 import threading
@@ -33,11 +34,12 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
-from hpo.errors import FailureRateExceeded
+from hpo.errors import FailureRateExceeded, HPOError
 from hpo.storage import redact_url
 
 from ._interrupt import Guard, Interrupted, signal_name
 from ._jobs import FunctionRunner, Handle, JobRunner, TrialJobs
+from ._lost_storage import StorageLost, lost_storage, save_unreported, with_retries
 from ._outcome import Outcome, error_line, failed_launch, outcome
 from ._plan import Budget, ResourceClass, SweepPlan
 from ._recovery import fail_and_retry, other_drivers_alive
@@ -153,6 +155,7 @@ class Slot:
         handle: Its job(s): ``wait`` runs in the slot thread; ``job`` when submitted.
         resources: The resource class of its job, if any.
         started: When the slot took it (monotonic).
+        result: Its outcome once its jobs returned (kept if it cannot be told).
     """
 
     number: int
@@ -162,6 +165,7 @@ class Slot:
     handle: Handle
     resources: ResourceClass | None = None
     started: float = field(default_factory=time.monotonic)
+    result: Outcome | None = None
 
 
 class SlotLoop:
@@ -211,6 +215,7 @@ class SlotLoop:
         self.interrupted_in_flight = 0
         self.app = app
         self.results_path: Path | None = None
+        self.storage_lost = False
         self._beat_stop = threading.Event()
         self.progress = progress if progress is not None else _make_progress(plan, study)
         if plan.folds > 1:
@@ -271,6 +276,11 @@ class SlotLoop:
             raise
         except BaseException as exc:
             self._abandon(exc)
+            lost = (lost_storage(plan.storage_url, exc)
+                    if isinstance(exc, Exception) and not isinstance(exc, HPOError) else None)
+            if lost is not None:  # the real cause, not what the failed write says
+                self.storage_lost = True
+                raise lost from None
             raise
         finally:
             self._beat_stop.set()
@@ -283,7 +293,7 @@ class SlotLoop:
     def _write_results(self) -> None:
         """``optimization_results.yaml`` for this sweep (see ``app``); a failure to write it
         is logged, never raised: the sweep's own outcome comes first."""
-        if self.app is None:
+        if self.app is None or self.storage_lost:
             return
         from hpo.best import write_results
 
@@ -425,10 +435,38 @@ class SlotLoop:
         frozen: FrozenTrial | None = None
         try:
             frozen = self._tell(fut, slot)
+            # SQLite may go on writing into a database whose folder was deleted: look
+            lost = lost_storage(self.plan.storage_url)
+            if lost is not None:
+                raise lost
+        except Exception as exc:
+            lost = exc if isinstance(exc, StorageLost) else lost_storage(
+                self.plan.storage_url, exc)
+            if lost is None:
+                raise
+            self.storage_lost = True
+            self._keep_unreported(slot)
+            raise lost from None
         finally:
-            if frozen is None:  # failed before or during the tell: read what storage holds
-                frozen = self.study._storage.get_trial(slot.trial_id)
-            self.progress.trial_finished(frozen)
+            if not self.storage_lost:
+                if frozen is None:  # failed before or during the tell: read what storage holds
+                    frozen = self.study._storage.get_trial(slot.trial_id)
+                self.progress.trial_finished(frozen)
+
+    def _keep_unreported(self, slot: Slot) -> None:
+        """A result the lost storage could not take: kept beside the trial
+        (``hpo_unreported.json``), told when the next run opens the storage again."""
+        result = slot.result
+        if result is None:
+            return
+        where = (self.plan.output_dir(slot.number) or result.output_dir
+                 or str(Path(self.plan.sweep_dir) / f"trial_{slot.number}"))
+        record = {"study": self.study.study_name, "number": slot.number,
+                  "trial_id": slot.trial_id, "state": result.state.name,
+                  "values": list(result.values), "user_attrs": record_attrs(self.plan, result)}
+        if save_unreported(Path(where), record) is not None:
+            log.info("trial %d: its result is kept in %s until the storage is back", slot.number,
+                     Path(where) / "hpo_unreported.json")
 
     def _tell(self, fut: Future[list[JobReturn]], slot: Slot) -> FrozenTrial | None:
         storage = self.study._storage
@@ -451,6 +489,7 @@ class SlotLoop:
                 return None
         else:
             result = outcome(rets, len(self.plan.directions))
+        slot.result = result
         self._record(slot, result)
         self.tally.ended(failed=result.state == TrialState.FAIL)
         elapsed = time.monotonic() - slot.started
@@ -473,7 +512,7 @@ class SlotLoop:
         storage = self.study._storage
         tid = slot.trial_id
         for key, value in record_attrs(self.plan, result).items():
-            storage.set_trial_user_attr(tid, key, value)
+            with_retries(functools.partial(storage.set_trial_user_attr, tid, key, value))
         if result.fold_dirs:
             self._record_folds(tid, result.fold_dirs)
         elif result.output_dir and not self.plan.in_memory:  # while the trial still runs
@@ -502,7 +541,7 @@ class SlotLoop:
     def _tell_study(self, number: int, values: Any = None, *,
                     state: TrialState | None = None) -> FrozenTrial | None:
         try:
-            return tell(self.study, number, values, state=state)
+            return with_retries(lambda: tell(self.study, number, values, state=state))
         except SamplerExhausted:
             self.exhausted = True
             return None
