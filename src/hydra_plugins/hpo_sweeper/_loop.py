@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import shlex
 import threading
 import time
@@ -34,7 +35,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs
-from hpo.errors import FailureRateExceeded, HPOError
+from hpo.errors import DataUnavailableError, FailureRateExceeded, HPOError
 from hpo.storage import redact_url
 
 from ._interrupt import Guard, Interrupted, signal_name
@@ -505,7 +506,19 @@ class SlotLoop:
         else:
             frozen = self._tell_study(slot.number, state=TrialState.FAIL)
             log.warning("trial %d failed after %.1f s: %s", slot.number, elapsed, result.error)
+            self._stop_without_data(slot.number, result.error)
         return frozen
+
+    def _stop_without_data(self, number: int, error: str) -> None:
+        """A trial failed because its data cannot be had here (``DataUnavailableError``)
+        before any trial completed: no other params can fix that, so stop with the job's
+        line, which names the fix, instead of failing every trial."""
+        reason = data_unavailable(error)
+        if reason is None or self.study.get_trials(deepcopy=False,
+                                                   states=(TrialState.COMPLETE,)):
+            return
+        raise DataUnavailableError(f"{reason} (trial {number} failed on it; no other "
+                                   "params can fix that: stopping)")
 
     def _record(self, slot: Slot, result: Outcome) -> None:
         """The attributes of a returned trial, one write each, only what storage lacks."""
@@ -729,6 +742,13 @@ def _upload_artifacts(study: optuna.Study, trial_id: int, out: Path, url: str | 
         upload_trial_artifacts(study, trial_id, out, url)
     except Exception as exc:  # artifacts are copies: never fail a trial over them
         log.warning("could not upload the artifacts of %s: %s", out, error_line(exc))
+
+
+def data_unavailable(error: str) -> str | None:
+    """The message of a ``DataUnavailableError`` in a trial's error line (in-process:
+    ``DataUnavailableError: ...``; submitit: ``hpo.errors.DataUnavailableError: ...``)."""
+    m = re.search(r"\bDataUnavailableError: (.+)$", error)
+    return m.group(1).strip() if m else None
 
 
 def _upload_fold_artifacts(study: optuna.Study, trial_id: int, out: Path, fold: int,

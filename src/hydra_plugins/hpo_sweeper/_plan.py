@@ -11,6 +11,7 @@ from ``OmegaConf.create(...)``. What the plan knows is all the rest of the sweep
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,8 @@ from hpo.space import ParamSpec, check_value, clamp_value
 
 from ._grammar import ParsedParam, format_value, parse_params
 from .config import HPOSweeperConf
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -523,7 +526,14 @@ def search_space(
     by_name: dict[str, ParsedParam] = {}
     for p in parse_params([(str(k), str(v)) for k, v in params.items()]):
         by_name[p.name] = p
-    for p in parse_params(list(arguments)):
+    given: dict[str, str] = {}
+    for arg, p in zip(arguments, parse_params(list(arguments)), strict=True):
+        if p.name in given:
+            raise SearchSpaceError(
+                f"{p.name} is given twice on the command line ({given[p.name]!r} and {arg!r}):"
+                " keep one"
+            )
+        given[p.name] = arg
         by_name.pop(p.name, None)
         by_name[p.name] = p
     searched = [p for p in by_name.values() if p.distribution is not None]
@@ -573,6 +583,10 @@ def param_specs(
                 default = None
         if default is not None and check_value(dist, default) is not None:
             clamped = clamp_value(dist, default)
+            if clamped is not None and not isinstance(dist, CategoricalDistribution):
+                log.warning("the default of %s (%s) is outside %s: the baseline trial uses %s "
+                            "(clamped); change the default or widen the range to try it as it "
+                            "is", p.name, default, dist, clamped)
             default = clamped if clamped is not None else None
         if default is not None and isinstance(dist, CategoricalDistribution):
             # group choices come back as strings; match the declared choice's type
