@@ -53,3 +53,12 @@ def test_a_clash_with_a_named_study_names_the_override_to_use(tmp_path: Path) ->
             and not ln.startswith("Set the environment")][-1]
     assert line.startswith("parameter 'x' is FloatDistribution(") and "'quadratic'" in line
     assert f"rerun with hydra.sweeper.study_name={other} for a study of its own" in line
+
+
+def test_the_dry_run_checks_the_same_clash(tmp_path: Path) -> None:
+    sweep(tmp_path, "x=interval(-5, 5)", "hydra.sweeper.n_trials=1")
+    proc = sweep(tmp_path, "x=interval(-3, 3)", "hydra.sweeper.dry_run=true", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    other = default_study_name("config", {"x": FloatDistribution(-3, 3)})
+    assert f"rerun with hydra.sweeper.study_name={other}" in proc.stderr
+    assert "DRY RUN" not in proc.stdout

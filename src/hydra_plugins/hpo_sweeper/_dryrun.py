@@ -11,7 +11,7 @@ import optuna
 from hpo.storage import open_storage
 
 from ._plan import SweepPlan
-from ._study import build_fallback
+from ._study import build_fallback, check_space
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def describe(plan: SweepPlan) -> list[list[str]]:
     with the classical sampler; the real storage is only read.
     """
     trials = _existing_trials(plan)
+    check_space(trials, plan)  # the clash a real run would stop on
     done = len(trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),

@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def open_study(
             f"study {plan.study_name!r} already exists with direction {existing}, not "
             f"{list(plan.directions)}: {_other_study(plan)}, or keep the direction"
         )
-    _check_distributions(study, plan.distributions, plan.study_name, _other_study(plan))
+    check_space(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), plan)
     if not study.user_attrs.get(attrs.SEARCH_SPACE):
         study.set_user_attr(attrs.SEARCH_SPACE, {
             s.name: s.distribution.__class__.__name__ for s in plan.space
@@ -200,17 +200,20 @@ def _other_study(plan: SweepPlan) -> str:
     return f"rerun with hydra.sweeper.study_name={name} for a study of its own"
 
 
-def _check_distributions(
-    study: optuna.Study, distributions: Mapping[str, BaseDistribution], name: str,
-    other: str,
-) -> None:
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def check_space(trials: Sequence[FrozenTrial], plan: SweepPlan) -> None:
+    """Raise a one-line ConfigError when the study's complete ``trials`` searched another
+    space than ``plan`` (the sweep and its dry run check the same)."""
+    name = plan.study_name
+    distributions = plan.distributions
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
         for param, dist in t.distributions.items():
             new = distributions.get(param)
             if new is not None and new != dist:
                 raise ConfigError(
-                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: {other}, "
-                    f"or keep the search space of study {name!r}"
+                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: "
+                    f"{_other_study(plan)}, or keep the search space of study {name!r}"
                 )
         break
 
