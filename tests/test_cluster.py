@@ -358,6 +358,8 @@ def test_each_trials_job_gets_the_resources_of_its_class(slurm_cluster, tmp_path
     kinds = {t.params["kind"] for t in study.trials}
     assert kinds == {"a", "b"}, "TPE drew one kind only: change the seed"
     job = {attrs.launch_job(t.user_attrs).ids[0]: t for t in study.trials}  # type: ignore[union-attr]
+    # accounting holds a job's final record once it ended (before that ReqMem may read "16?")
+    assert sacct_until_final(list(job)) == dict.fromkeys(job, "COMPLETED")
     cpus = sacct_field(list(job), "AllocCPUS")
     mem = sacct_field(list(job), "ReqMem")
     for job_id, t in job.items():
