@@ -7,13 +7,17 @@ writes it and what its value means; ``python -m hpo.attrs`` prints that table, w
 docs/architecture.md carries (a test keeps the two equal).
 
 Composite values have readers here too (:func:`launch_driver`, :func:`launch_overrides`,
-:func:`driver_records`, :func:`trial_output_dir`), so a reader never depends on how a writer
-packed them, and studies written by older versions (``hpo:driver``, ``hpo:overrides`` and
-``hpo:output_dir`` on every trial) read the same.
+:func:`launch_job`, :func:`driver_records`, :func:`driver_job`, :func:`trial_output_dir`), so
+a reader never depends on how a writer packed them, and studies written by older versions
+(``hpo:driver``, ``hpo:overrides`` and ``hpo:output_dir`` on every trial) read the same. The
+driver id's writer and liveness check (:func:`driver_id`, :func:`driver_alive`) live here too:
+the sweeper and ``hpo.status`` both read it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,7 +46,11 @@ def _key(name: str, scope: str, writer: str, meaning: str) -> str:
 LAUNCH = _key(
     "hpo:launch", "trial", "sweeper",
     '`{"driver": "host:pid:start", "overrides": [...]}`, written once when the trial\'s job is '
-    "launched: the driver that owns it and the Hydra overrides of its job")
+    "launched: the driver that owns it and the Hydra overrides of its job; on submitit "
+    'launchers written once the job is submitted, with `"job": {"executor": "slurm"|"local", '
+    '"folder": ".../%j", "ids": [...]}` (SLURM job ids, `ARRAYID_TASKID` for array tasks, or '
+    "local process ids) and the `\"resources\"` class when one applies; a driver that "
+    "re-attaches to the job rewrites it with its own id (read it with `hpo.attrs.launch_job`)")
 HEARTBEAT = _key(
     "hpo:heartbeat", "trial", "sweeper",
     "unix time of the driver's last heartbeat for the running trial (every "
@@ -58,10 +66,6 @@ RETRY_OF = _key("hpo:retry_of", "trial", "sweeper",
                 "number of the failed trial this one re-runs (same params)")
 RETRY_COUNT = _key("hpo:retry_count", "trial", "sweeper",
                    "how many times these params have been retried so far")
-JOB_ID = _key(
-    "hpo:job_id", "trial", "sweeper",
-    "the launcher's job id (submitit launchers: the SLURM or local job id), when the job "
-    "returned; in-process jobs have none")
 OUTPUT_DIR = _key(
     "hpo:output_dir", "trial", "sweeper",
     "the job's output directory; written only when it cannot be derived from the driver's "
@@ -74,6 +78,10 @@ FOLD_STD = _key("fold_std", "trial", "sweeper",
 DRIVER = _key("hpo:driver", "trial", "sweeper (old)", "replaced by `hpo:launch`; still read")
 OVERRIDES = _key("hpo:overrides", "trial", "sweeper (old)",
                  "replaced by `hpo:launch`; still read")
+JOB_ID = _key(
+    "hpo:job_id", "trial", "sweeper (old)",
+    "the launcher's job id when the job returned; replaced by the job ids in `hpo:launch`, "
+    "written at submission; still read")
 
 # ------------------------------------------------------------------ trial: the sampler
 SOURCE = _key(
@@ -114,6 +122,9 @@ CURVES = _key("curves", "trial", "job (OptunaReporter, command task)",
               '`{"epoch": [...], "val/loss": [...], ...}`: the learning curves so far')
 PER_CLASS = _key("per_class", "trial", "job (OptunaReporter); sweeper under cv.folds",
                  "per-class scores (under cv.folds: the mean over folds, with `std`)")
+PER_CLASS_STD = _key("per_class_std", "trial", "sweeper under cv.folds",
+                     "the sample standard deviation across folds of each per-class score "
+                     "(`{metric: {class: std}}`; null with one fold's value)")
 CURVES_FOLD = _key("curves_fold_<i>", "trial", "job (OptunaReporter, command task)",
                    "under cv.folds: fold i's learning curves")
 PER_CLASS_FOLD = _key("per_class_fold_<i>", "trial", "job (OptunaReporter, command task)",
@@ -135,8 +146,13 @@ SLURM_STATE = _key("hpo:slurm_state", "trial", "hpo.status",
 DRIVERS = _key(
     "hpo:drivers", "study", "sweeper",
     'the drivers that ran the study, oldest first (50 kept): `{"id": "host:pid:start", '
-    '"output_dir": ".../trial_{number}"}`, the pattern null when not derivable (old studies: '
-    "plain id strings)")
+    '"output_dir": ".../trial_{number}", "since": unix time}`, the pattern null when not '
+    'derivable; a driver running as a SLURM job adds `"slurm_job"` (its job id) and `"log"` '
+    "(old studies: plain id strings)")
+DRIVER_JOB = _key(
+    "hpo:driver_job", "study", "sweeper (detach)",
+    '`{"job_id": "123", "log": "/abs/driver-123.log", "script": "/abs/driver.sbatch", '
+    '"submitted": unix time}`: the SLURM job that runs the driver (`hydra.sweeper.detach`)')
 APP = _key(
     "hpo:app", "study", "sweeper (hpo.best.write_results)",
     '`{"argv": [...], "config_name": ..., "config_dir": ..., "groups": [...]}`: how the '
@@ -155,9 +171,67 @@ FALLBACK_TOTAL = _key("hpo:fallback_total", "study", "sampler",
 
 
 # ------------------------------------------------------------------ readers of composite values
-def launch_record(driver: str, overrides: list[str]) -> dict[str, Any]:
-    """The value of :data:`LAUNCH` for a trial launched by ``driver`` with ``overrides``."""
-    return {"driver": driver, "overrides": list(overrides)}
+@dataclass(frozen=True)
+class LaunchedJobs:
+    """The submitit job(s) of a trial, as :data:`LAUNCH` records them at submission.
+
+    Attributes:
+        executor: ``"slurm"`` or ``"local"`` (submitit's executor).
+        folder: submitit's folder, with its ``%j`` (``%A``, ``%a``) left in.
+        ids: One id per job (k-fold CV: one per fold): SLURM job ids (``ARRAYID_TASKID`` for
+            array tasks) or, for ``"local"``, the process ids of submitit's job controllers.
+        tasks: Tasks per job (``tasks_per_node * nodes``).
+    """
+
+    executor: str
+    folder: str
+    ids: tuple[str, ...]
+    tasks: int = 1
+
+    def value(self) -> dict[str, Any]:
+        """The record as stored (``tasks`` only when not 1)."""
+        out: dict[str, Any] = {"executor": self.executor, "folder": self.folder,
+                               "ids": list(self.ids)}
+        if self.tasks != 1:
+            out["tasks"] = self.tasks
+        return out
+
+
+def launch_record(
+    driver: str, overrides: list[str], *, job: LaunchedJobs | None = None,
+    resources: str | None = None,
+) -> dict[str, Any]:
+    """The value of :data:`LAUNCH` for a trial launched by ``driver`` with ``overrides``; on
+    submitit launchers with its submitted ``job`` and the ``resources`` class it got."""
+    out: dict[str, Any] = {"driver": driver, "overrides": list(overrides)}
+    if job is not None:
+        out["job"] = job.value()
+    if resources is not None:
+        out["resources"] = resources
+    return out
+
+
+def launch_job(attrs: Mapping[str, Any]) -> LaunchedJobs | None:
+    """The submitit job(s) the trial with user attrs ``attrs`` was submitted as; None when it
+    ran in-process, was never submitted, or was launched by an older version."""
+    rec = attrs.get(LAUNCH)
+    job = rec.get("job") if isinstance(rec, Mapping) else None
+    if not isinstance(job, Mapping):
+        return None
+    ids, folder, executor = job.get("ids"), job.get("folder"), job.get("executor")
+    if not (isinstance(ids, list) and ids and isinstance(folder, str)
+            and executor in ("slurm", "local")):
+        return None
+    tasks = job.get("tasks", 1)
+    return LaunchedJobs(executor=str(executor), folder=folder, ids=tuple(str(i) for i in ids),
+                        tasks=tasks if isinstance(tasks, int) and tasks > 0 else 1)
+
+
+def relaunched(attrs: Mapping[str, Any], driver: str) -> dict[str, Any] | None:
+    """:data:`LAUNCH` of a trial re-attached by ``driver``: the same record, its driver now
+    ``driver``; None when the trial has no record."""
+    rec = attrs.get(LAUNCH)
+    return {**rec, "driver": driver} if isinstance(rec, Mapping) else None
 
 
 def launch_driver(attrs: Mapping[str, Any]) -> str | None:
@@ -174,9 +248,28 @@ def launch_overrides(attrs: Mapping[str, Any]) -> list[str] | None:
     return [str(o) for o in value] if isinstance(value, list) else None
 
 
-def driver_record(driver: str, output_dir: str | None) -> dict[str, Any]:
-    """An entry of :data:`DRIVERS`: the driver id and its output-dir pattern (``{number}``)."""
-    return {"id": driver, "output_dir": output_dir}
+def driver_record(
+    driver: str, output_dir: str | None, *, since: float | None = None,
+    slurm_job: str | None = None, log: str | None = None,
+) -> dict[str, Any]:
+    """An entry of :data:`DRIVERS`: the driver id, its output-dir pattern (``{number}``), when
+    it started; for a driver that runs as a SLURM job, that job's id and the driver's log."""
+    out: dict[str, Any] = {"id": driver, "output_dir": output_dir}
+    if since is not None:
+        out["since"] = since
+    if slurm_job is not None:
+        out["slurm_job"] = slurm_job
+    if log is not None:
+        out["log"] = log
+    return out
+
+
+def driver_job(study_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """:data:`DRIVER_JOB` (``job_id``, ``log``, ``script``, ``submitted``) or None."""
+    rec = study_attrs.get(DRIVER_JOB)
+    if isinstance(rec, Mapping) and isinstance(rec.get("job_id"), str):
+        return dict(rec)
+    return None
 
 
 def driver_records(study_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -207,6 +300,36 @@ def trial_output_dir(
         if rec["id"] == driver and isinstance(pattern, str):
             return pattern.replace("{number}", str(number))
     return None
+
+
+# ------------------------------------------------------------------ the driver id
+def driver_id() -> str:
+    """This process as a driver, as :data:`LAUNCH` and :data:`DRIVERS` name it:
+    ``host:pid:start`` (the process start time tells a live pid from a reused one)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid())}"
+
+
+def _proc_start(pid: int) -> str:
+    # the process start time (clock ticks since boot)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return "?"
+
+
+def driver_alive(driver: str) -> bool | None:
+    """True/False for a driver id of this host; None when it runs elsewhere (unknown)."""
+    try:
+        host, pid, start = driver.rsplit(":", 2)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        return _proc_start(int(pid)) == start
+    except ValueError:
+        return None
 
 
 # ------------------------------------------------------------------ the table of the docs

@@ -9,7 +9,9 @@ Usage::
 Without ``--study`` it lists the studies (name, directions, trials per state, best value).
 With ``--study`` it lists that study's trials: number, state, value(s), proposal source
 (``hpo:source``), duration, job id and, for trials run on SLURM, the job's state from
-``sacct`` (when ``sacct`` is on PATH). ``--leaderboard`` shows the best ``--top`` trials with
+``sacct`` (when ``sacct`` is on PATH); its header says where the study's driver stands
+(running, pending, requeued, gone; host, since, log), for a driver submitted as a SLURM job
+(``hydra.sweeper.detach``) from sacct. ``--leaderboard`` shows the best ``--top`` trials with
 their params and the best trial per model choice. Everything is read from the storage; the
 only write is ``hpo:slurm_state`` on trials still RUNNING (Optuna keeps finished trials
 read-only), so that the dashboard shows it too. A storage that cannot be opened or a study that
@@ -28,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 import optuna
 from optuna.study import StudyDirection
@@ -48,13 +50,20 @@ from hpo.attrs import (
     SOURCE,
     TOKENS_IN_TOTAL,
     TOKENS_OUT_TOTAL,
+    driver_alive,
+    driver_job,
+    driver_records,
+    launch_job,
     launch_overrides,
 )
 from hpo.errors import ConfigError, HPOError
 from hpo.storage import load_existing_study, open_existing
 
 __all__ = [
+    "DriverState",
     "SlurmJobState",
+    "driver_state",
+    "job_driver_state",
     "leaderboard_text",
     "main",
     "sacct_states",
@@ -94,50 +103,157 @@ def _load(storage: optuna.storages.BaseStorage, url: str, name: str | None) -> o
 
 # ------------------------------------------------------------------------------ SLURM
 def trial_job_id(t: FrozenTrial) -> str | None:
-    """The SLURM job id of a trial: ``hpo:slurm_job_id`` (written by the job itself),
-    ``hpo:job_id`` (written by the sweeper when the job returned), or the id named in
-    ``hpo:error`` for a job that was lost. None when it ran elsewhere or is unknown."""
-    for key in (SLURM_JOB_ID, JOB_ID):
-        value = t.user_attrs.get(key)
-        if value is not None and _JOB_ID.match(str(value)):
-            return str(value)
+    """The SLURM job id of a trial: ``hpo:slurm_job_id`` (written by the job itself), the
+    (first) SLURM job id ``hpo:launch`` recorded at submission, ``hpo:job_id`` (older
+    versions), or the id named in ``hpo:error`` for a job that was lost. None when it ran
+    elsewhere or is unknown."""
+    value = t.user_attrs.get(SLURM_JOB_ID)
+    if value is not None and _JOB_ID.match(str(value)):
+        return str(value)
+    job = launch_job(t.user_attrs)
+    if job is not None:
+        return job.ids[0] if job.executor == "slurm" else None
+    value = t.user_attrs.get(JOB_ID)
+    if value is not None and _JOB_ID.match(str(value)):
+        return str(value)
     m = _JOB_IN_ERROR.search(str(t.user_attrs.get(ERROR, "")))
     return m.group(1) if m else None
 
 
-def sacct_states(job_ids: Sequence[str]) -> dict[str, SlurmJobState]:
+@overload
+def sacct_states(job_ids: Sequence[str]) -> dict[str, SlurmJobState]: ...
+@overload
+def sacct_states(job_ids: Sequence[str], *, strict: bool) -> dict[str, SlurmJobState] | None: ...
+
+
+def sacct_states(job_ids: Sequence[str], *, strict: bool = False
+                 ) -> dict[str, SlurmJobState] | None:
     """The sacct state of each job id (``JOBID`` or ``ARRAYID_TASKID``).
 
-    Runs ``sacct -X -n -P -j IDS -o JobID,State,Elapsed,ExitCode``. Returns an empty mapping
-    when sacct is not installed or fails (accounting off, controller down): status then shows
-    what the storage knows.
+    Runs ``sacct -X -n -P -j IDS -o JobID,State,Elapsed,ExitCode``. A job sacct does not know
+    is left out. When sacct is not installed or fails (accounting off, controller down), the
+    states are unknown: an empty mapping (status then shows what the storage knows), or None
+    with ``strict`` (the sweeper must not take "unknown" for "gone").
     """
     ids = sorted({j for j in job_ids if _JOB_ID.match(j)}, key=_job_sort_key)
-    if not ids or shutil.which("sacct") is None:
+    if not ids:
         return {}
+    if shutil.which("sacct") is None:
+        return None if strict else {}
     out: dict[str, SlurmJobState] = {}
     for start in range(0, len(ids), _SACCT_CHUNK):
         chunk = ids[start:start + _SACCT_CHUNK]
-        cmd = ["sacct", "-X", "-n", "-P", "-j", ",".join(chunk),
-               "-o", "JobID,State,Elapsed,ExitCode"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True,
-                                  timeout=_SACCT_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("sacct did not answer (%s): SLURM states are not shown", exc)
-            return out
-        if done.returncode != 0:
-            first = (done.stderr.strip().splitlines() or [""])[0]
-            log.warning("sacct failed (%s): SLURM states are not shown", first)
-            return out
-        for line in done.stdout.splitlines():
-            parts = line.strip().split("|")
+        lines = _sacct_lines(["-j", ",".join(chunk), "-o", "JobID,State,Elapsed,ExitCode"])
+        if lines is None:
+            return None if strict else out
+        for parts in lines:
             if len(parts) < 4:
                 continue
             job, state, elapsed, code = parts[:4]
             # a requeued job is listed once per run: the last line is the current one
             out[job] = SlurmJobState(job_id=job, state=state, elapsed=elapsed, exit_code=code)
     return out
+
+
+def _sacct_lines(args: Sequence[str]) -> list[list[str]] | None:
+    """The fields of each line of ``sacct -X -n -P ARGS``; None when sacct fails."""
+    cmd = ["sacct", "-X", "-n", "-P", *args]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=_SACCT_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("sacct did not answer (%s): SLURM states are not shown", exc)
+        return None
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or [""])[0]
+        log.warning("sacct failed (%s): SLURM states are not shown", first)
+        return None
+    return [line.strip().split("|") for line in done.stdout.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriverState:
+    """Where the driver of a study stands.
+
+    Attributes:
+        state: ``running``, ``pending``, ``requeued``, ``gone``, ``ended <STATE>`` (a driver
+            job that ended) or ``unknown``.
+        job: The SLURM job that runs the driver (``hydra.sweeper.detach``), if any.
+        host: Where it runs (ran).
+        since: When it started (its current run), as text.
+        requeued: How many times its SLURM job was requeued.
+        log: The driver's log file, when known.
+    """
+
+    state: str
+    job: str | None = None
+    host: str | None = None
+    since: str | None = None
+    requeued: int = 0
+    log: str | None = None
+
+    def text(self) -> str:
+        """One line: ``driver: SLURM job 7 running on node3 since ...; log ...``."""
+        who = f"SLURM job {self.job}" if self.job else "process"
+        parts = [f"driver: {who} {self.state}"]
+        if self.host:
+            parts.append(f"on {self.host}")
+        if self.since:
+            parts.append(f"since {self.since}")
+        line = " ".join(parts)
+        if self.requeued:
+            line += f" (requeued {self.requeued}x)"
+        return line + (f"; log {self.log}" if self.log else "")
+
+
+def driver_state(study_attrs: dict[str, Any], *, use_sacct: bool = True) -> DriverState | None:
+    """The state of the study's newest driver: its SLURM job (``hpo:driver_job``, asked with
+    sacct) when it was submitted after the last driver registered, else that driver (alive or
+    gone when it ran on this host). None when no driver ever ran the study."""
+    records = driver_records(study_attrs)
+    last = records[-1] if records else None
+    job = driver_job(study_attrs)
+    newest_job = job is not None and (
+        last is None or last.get("slurm_job") == job["job_id"]
+        or float(job.get("submitted") or 0) >= float(last.get("since") or 0))
+    if job is not None and newest_job:
+        lines = _sacct_lines(["-D", "-j", job["job_id"], "-o", "JobID,State,NodeList,Start"]
+                             ) if use_sacct and shutil.which("sacct") else None
+        return job_driver_state(job["job_id"], lines, log=job.get("log"))
+    if last is None:
+        return None
+    host, _, rest = str(last["id"]).partition(":")
+    alive = driver_alive(str(last["id"]))
+    state = {True: "running", False: "gone", None: "unknown"}[alive]
+    since = last.get("since")
+    return DriverState(
+        state=state, host=f"{host} (pid {rest.split(':')[0]})", job=last.get("slurm_job"),
+        since=datetime.fromtimestamp(float(since)).isoformat(timespec="seconds")
+        if since else None, log=last.get("log"))
+
+
+def job_driver_state(job_id: str, lines: list[list[str]] | None, *,
+                     log: str | None = None) -> DriverState:
+    """A driver job's state from ``sacct -X -D -n -P -o JobID,State,NodeList,Start`` lines
+    (one per run of the job; None: sacct could not be asked)."""
+    if lines is None:
+        return DriverState(state="unknown (sacct failed)", job=job_id, log=log)
+    runs = [ln for ln in lines if len(ln) >= 4 and ln[0] == job_id]
+    if not runs:
+        return DriverState(state="gone (unknown to sacct)", job=job_id, log=log)
+    requeued = sum(1 for r in runs[:-1] if r[1].startswith(("REQUEUED", "PREEMPTED")))
+    _, state, node, start = runs[-1][:4]
+    word = state.split(" ")[0]
+    if word == "RUNNING":
+        return DriverState(state="running", job=job_id, host=node, since=start,
+                           requeued=requeued, log=log)
+    if word in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "PREEMPTED"):
+        what = "requeued, pending" if requeued or word != "PENDING" else "pending"
+        return DriverState(state=what, job=job_id, requeued=requeued, log=log)
+    return DriverState(state=f"ended {state}", job=job_id,
+                       host=node if node not in ("", "None assigned") else None,
+                       since=start if start not in ("", "Unknown") else None,
+                       requeued=requeued, log=log)
 
 
 def _job_sort_key(job: str) -> tuple[int, int]:
@@ -282,8 +398,9 @@ def studies_text(storage: optuna.storages.BaseStorage) -> str:
 
 
 def trials_text(study: optuna.Study, *, slurm: dict[str, SlurmJobState] | None = None,
-                now: datetime | None = None) -> str:
-    """The study's header and one row per trial (state, values, source, duration, jobs)."""
+                now: datetime | None = None, driver: DriverState | None = None) -> str:
+    """The study's header (with its driver's state) and one row per trial (state, values,
+    source, duration, jobs)."""
     trials = study.get_trials(deepcopy=False)
     now = now or datetime.now()
     slurm = slurm or {}
@@ -295,6 +412,8 @@ def trials_text(study: optuna.Study, *, slurm: dict[str, SlurmJobState] | None =
         + (f" ({shown_counts})" if shown_counts else ""),
         f"best: {_best(study, trials) or '-'}",
     ]
+    if driver is not None:
+        lines.append(driver.text())
     totals = study.user_attrs
     if LLM_CALLS_TOTAL in totals:
         lines.append(
@@ -426,7 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if states:
                 _store_slurm_states(study, trials, states)
-            parts.append(trials_text(study, slurm=states))
+            driver = driver_state(study.user_attrs, use_sacct=not args.no_sacct)
+            parts.append(trials_text(study, slurm=states, driver=driver))
         if args.leaderboard:
             parts.append(leaderboard_text(study, top=args.top))
         print("\n\n".join(parts))

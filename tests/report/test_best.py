@@ -241,8 +241,6 @@ def test_export_refuses_a_trial_without_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the sweeper does not call hpo.best.write_results yet "
-                                       "(the lead adds that line when merging)")
 def test_every_sweep_writes_optimization_results(quadratic_app: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'q.db'}"
     run_cli([quadratic_app, "-m", "x=interval(-4, 4)", "y=range(0, 2)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import warnings
 from pathlib import Path
 
@@ -134,3 +135,53 @@ def test_unknown_study_and_missing_storage_fail_with_one_line(db: str, tmp_path:
                    check=False)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not missing.exists()  # status never creates a database
+
+
+def test_trial_job_id_from_the_launch_record() -> None:
+    from hpo import attrs
+
+    job = attrs.LaunchedJobs("slurm", "/s/%j", ("41_3",))
+    t = create_trial(value=1.0, user_attrs={attrs.LAUNCH: attrs.launch_record("h:1:1", [],
+                                                                              job=job)})
+    assert status.trial_job_id(t) == "41_3"
+    local = attrs.LaunchedJobs("local", "/s/%j", ("1234",))  # a pid: no SLURM job
+    t = create_trial(value=1.0, user_attrs={attrs.LAUNCH: attrs.launch_record("h:1:1", [],
+                                                                              job=local)})
+    assert status.trial_job_id(t) is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([["7", "RUNNING", "node3", "2026-11-30T07:00:00"]],
+         "driver: SLURM job 7 running on node3 since 2026-11-30T07:00:00; log /l/d-7.log"),
+        ([["7", "REQUEUED", "node3", "2026-11-30T07:00:00"],
+          ["7", "PENDING", "None assigned", "Unknown"]],
+         "driver: SLURM job 7 requeued, pending (requeued 1x); log /l/d-7.log"),
+        ([["7", "PENDING", "None assigned", "Unknown"]],
+         "driver: SLURM job 7 pending; log /l/d-7.log"),
+        ([["7", "REQUEUED", "node3", "2026-11-30T07:00:00"],
+          ["7", "COMPLETED", "node2", "2026-11-30T07:05:00"]],
+         "driver: SLURM job 7 ended COMPLETED on node2 since 2026-11-30T07:05:00 "
+         "(requeued 1x); log /l/d-7.log"),
+        ([], "driver: SLURM job 7 gone (unknown to sacct); log /l/d-7.log"),
+        (None, "driver: SLURM job 7 unknown (sacct failed); log /l/d-7.log"),
+    ],
+)
+def test_a_driver_jobs_state_from_sacct(lines: list[list[str]] | None, expected: str) -> None:
+    assert status.job_driver_state("7", lines, log="/l/d-7.log").text() == expected
+
+
+def test_a_driver_process_state_from_the_study() -> None:
+    from hpo import attrs
+
+    me = attrs.driver_id()
+    gone = "h-elsewhere:1:1"
+    running = {attrs.DRIVERS: [attrs.driver_record(gone, None, since=0.0),
+                               attrs.driver_record(me, None, since=0.0)]}
+    line = status.driver_state(running, use_sacct=False).text()  # type: ignore[union-attr]
+    assert line.startswith("driver: process running on ") and f"(pid {os.getpid()})" in line
+    elsewhere = {attrs.DRIVERS: [attrs.driver_record(gone, None)]}
+    assert status.driver_state(elsewhere).text() == (  # type: ignore[union-attr]
+        "driver: process unknown on h-elsewhere (pid 1)")
+    assert status.driver_state({}) is None

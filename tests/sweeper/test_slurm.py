@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import APPS, clean_env, run_cli
+from hpo import attrs as hpo_attrs
 from hpo import status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,6 +90,13 @@ def running_job(name: str, timeout: float = 60) -> str:
             return out[0]
         time.sleep(0.3)
     pytest.fail(f"no job named {name} started within {timeout} s")
+
+
+def submitted_job(t: optuna.trial.FrozenTrial) -> str:
+    """The SLURM job id the sweeper recorded when it submitted the trial's (first) job."""
+    job = hpo_attrs.launch_job(t.user_attrs)
+    assert job is not None and job.executor == "slurm", t.user_attrs
+    return job.ids[0]
 
 
 def last_error_line(stderr: str) -> str:
@@ -226,7 +234,7 @@ def test_sweep_on_slurm_completes_and_jobs_are_in_sacct(quad_sweep) -> None:
     tmp, _, _ = quad_sweep
     trials = load(tmp).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
-    job_ids = [t.user_attrs.get("hpo:job_id") for t in trials]
+    job_ids = [submitted_job(t) for t in trials]
     assert all(j and j.isdigit() for j in job_ids), job_ids
     assert len(set(job_ids)) == 6  # one SLURM job per trial
     states = sacct_until_final(job_ids)
@@ -236,7 +244,7 @@ def test_sweep_on_slurm_completes_and_jobs_are_in_sacct(quad_sweep) -> None:
 @pytest.mark.slurm
 def test_dry_run_prints_the_sbatch_script_and_submits_nothing(quad_sweep) -> None:
     tmp, name, launcher = quad_sweep
-    swept = {str(t.user_attrs["hpo:job_id"]) for t in load(tmp).trials}
+    swept = {submitted_job(t) for t in load(tmp).trials}
     dry = tmp / "dry"
     dry.mkdir()
     out = run_cli([QUADRATIC, "-m", f"hydra.sweeper.storage=sqlite:///{dry / 's.db'}",
@@ -317,7 +325,7 @@ def test_no_batch_barrier_a_slot_refills_while_the_other_runs(
                                                       slurm_cluster.partition))],
             cwd=tmp_path, env=quad_env(tmp_path), timeout=CLI_TIMEOUT_S)
     trials = load(tmp_path).trials
-    assert all(t.state == TrialState.COMPLETE and t.user_attrs.get("hpo:job_id")
+    assert all(t.state == TrialState.COMPLETE and submitted_job(t)
                for t in trials)
     short = [t for t in trials if t.params["sleep"] == 0.5]
     long = [t for t in trials if t.params["sleep"] == 6]
@@ -396,10 +404,10 @@ def test_lightning_trials_run_in_slurm_jobs_and_report_through_storage(
     assert good.state == TrialState.COMPLETE and good.value > 0.5
     assert sorted(good.intermediate_values) == [0, 1, 2]  # reported by the job, per epoch
     assert "curves" in good.user_attrs
-    for t in trials:  # the job recorded where it ran; the sweeper the job id it returned from
-        assert t.user_attrs["hpo:slurm_job_id"] == t.user_attrs["hpo:job_id"]
+    for t in trials:  # the job recorded where it ran; the sweeper the job id it submitted
+        assert t.user_attrs["hpo:slurm_job_id"] == submitted_job(t)
         assert t.user_attrs["hpo:host"]
-    ids = [t.user_attrs["hpo:job_id"] for t in trials]
+    ids = [submitted_job(t) for t in trials]
     assert sacct_until_final(ids) == dict.fromkeys(ids, "COMPLETED")
 
 
@@ -448,7 +456,7 @@ def test_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(
     attrs = trial.user_attrs
     assert attrs["hpo:resumed_from_epoch"] >= 1, attrs
     assert attrs["hpo:slurm_restarts"] == 1  # written by the requeued run of the same job
-    assert attrs["hpo:slurm_job_id"] == job == attrs["hpo:job_id"]
+    assert attrs["hpo:slurm_job_id"] == job == submitted_job(trial)
     assert sorted(trial.intermediate_values) == list(range(epochs))  # no gap, no restart
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,12 +26,14 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from hpo import attrs
 from hpo.errors import FailureRateExceeded
+from hydra_plugins.hpo_sweeper._interrupt import Interrupted
 from hydra_plugins.hpo_sweeper._loop import (
     SlotLoop,
     Tally,
     budget_used,
     stop_reason,
     suggest_active,
+    summary_commands,
 )
 from hydra_plugins.hpo_sweeper._outcome import outcome
 from hydra_plugins.hpo_sweeper._plan import (
@@ -38,7 +42,16 @@ from hydra_plugins.hpo_sweeper._plan import (
     SweepPlan,
     build_plan,
 )
-from hydra_plugins.hpo_sweeper._recovery import fail_and_retry, judge
+from hydra_plugins.hpo_sweeper._recovery import (
+    ATTACH,
+    FAIL,
+    LEAVE,
+    TELL,
+    JobFacts,
+    fail_and_retry,
+    judge,
+    recover_orphans,
+)
 from hydra_plugins.hpo_sweeper._study import build_pruner, build_sampler, open_study
 from hydra_plugins.hpo_sweeper.config import HPOSweeperConf
 
@@ -227,6 +240,72 @@ def test_judging_running_trials(user_attrs: dict[str, Any], alive: bool | None, 
     assert verdict.orphan == orphan and why in verdict.reason
 
 
+SUBMITTED = {attrs.LAUNCH: {"driver": "h:1:1", "overrides": ["x=1"], "job": {
+    "executor": "slurm", "folder": "/tmp/s/%j", "ids": ["10", "11"]}}}
+
+
+@pytest.mark.parametrize(
+    ("job", "action", "why"),
+    [
+        (JobFacts(True, ("COMPLETED", "COMPLETED")), TELL, "ended with a result"),
+        # a result on disk wins over what the scheduler still says (sacct lags)
+        (JobFacts(True, ("RUNNING", "COMPLETING")), TELL, "ended with a result"),
+        (JobFacts(False, ("COMPLETED", "RUNNING")), ATTACH, "is RUNNING"),
+        (JobFacts(False, ("PENDING", "PENDING")), ATTACH, "is PENDING"),
+        (JobFacts(False, ("REQUEUED", "")), ATTACH, "is REQUEUED"),
+        (JobFacts(False, (), known=False), ATTACH, "cannot be looked up"),
+        (JobFacts(False, ("CANCELLED by 0", "COMPLETED")), FAIL, "ended CANCELLED by 0"),
+        (JobFacts(False, ("FAILED", "TIMEOUT")), FAIL, "ended FAILED without a result"),
+        (JobFacts(False, ("", "")), FAIL, "unknown to the scheduler"),
+        (None, FAIL, "is gone"),  # the scheduler was not asked
+    ],
+)
+def test_verdicts_on_an_orphans_submitted_jobs(job: JobFacts | None, action: str,
+                                               why: str) -> None:
+    verdict = judge(running(**SUBMITTED), now=NOW, grace_s=120, others_maybe_alive=False,
+                    alive=lambda _: False, job=job)
+    assert verdict.action == action and why in verdict.reason, verdict
+    assert "SLURM job 10, 11" in verdict.reason or job is None
+
+
+def test_a_live_drivers_trial_is_left_whatever_its_job_says() -> None:
+    verdict = judge(running(**SUBMITTED), now=NOW, grace_s=120, others_maybe_alive=True,
+                    alive=lambda _: True, job=JobFacts(True, ("COMPLETED", "COMPLETED")))
+    assert verdict.action == LEAVE and not verdict.orphan
+
+
+def test_an_orphan_never_submitted_is_failed_even_when_jobs_are_looked_up() -> None:
+    launched = {attrs.LAUNCH: {"driver": "h:1:1", "overrides": ["x=1"]}}  # in-process
+    verdict = judge(running(**launched), now=NOW, grace_s=120, others_maybe_alive=False,
+                    alive=lambda _: False, job=JobFacts(True, ("COMPLETED",)))
+    assert verdict.action == FAIL
+
+
+def test_recovery_tells_attaches_and_fails_by_the_jobs_facts() -> None:
+    study = optuna.create_study()
+    dist = {"x": FloatDistribution(0, 1)}
+    facts = {"1": JobFacts(True, ("COMPLETED",)), "2": JobFacts(False, ("RUNNING",)),
+             "3": JobFacts(False, ("CANCELLED by 0",))}
+    for job_id in facts:
+        t = study.ask(dist)
+        t.set_user_attr(attrs.LAUNCH, attrs.launch_record("h:1:1", [f"x={t.params['x']}"],
+                        job=attrs.LaunchedJobs("slurm", "/tmp/s/%j", (job_id,))))
+    asked: list[list[str]] = []
+
+    def lookup(recs: Sequence[attrs.LaunchedJobs]) -> list[JobFacts]:
+        asked.append([i for r in recs for i in r.ids])
+        return [facts[r.ids[0]] for r in recs]
+
+    done = recover_orphans(study, grace_s=120, max_retries=1, alive=lambda _: False,
+                           lookup=lookup)
+    assert asked == [["1", "2", "3"]]  # one lookup for all of them
+    assert [t.number for t in done.adopt] == [0, 1] and done.failed == [2]
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.RUNNING, TrialState.RUNNING, TrialState.FAIL,
+                      TrialState.WAITING]  # the cancelled job's params queued again
+    assert "CANCELLED" in study.trials[2].user_attrs[attrs.ERROR]
+
+
 def test_fail_and_retry_enqueues_the_params_until_the_retries_are_used() -> None:
     study = optuna.create_study()
     study.enqueue_trial({"x": 0.25}, user_attrs={attrs.SOURCE: "llm"})
@@ -374,8 +453,11 @@ def test_the_planners_stop_ends_the_loop_and_its_last_trial_does_not_run() -> No
     assert sampler.prefetched and sampler.prefetched[0] == 2  # asked for both free slots
 
 
-def test_an_interrupted_driver_fails_its_trials_in_flight_for_a_retry() -> None:
-    plan = make_plan(n_trials=3, max_retries=1)
+@pytest.mark.parametrize("on_interrupt", ["keep", "cancel"])
+def test_an_interrupted_driver_fails_its_in_process_trials_without_using_a_retry(
+    on_interrupt: str,
+) -> None:
+    plan = make_plan(n_trials=3, max_retries=0, on_interrupt=on_interrupt)
 
     def ctrl_c(o: dict[str, str]) -> Any:  # Ctrl-C while the driver waits for this job
         time.sleep(0.3)
@@ -384,11 +466,19 @@ def test_an_interrupted_driver_fails_its_trials_in_flight_for_a_retry() -> None:
         return 1.0
 
     study = open_study(plan, build_sampler(plan), build_pruner(plan.pruner))
-    with pytest.raises(KeyboardInterrupt):
-        SlotLoop(plan, study, study.sampler, Runner(ctrl_c), driver=DRIVER).run()
+    loop = SlotLoop(plan, study, study.sampler, Runner(ctrl_c), driver=DRIVER)
+    with pytest.raises(Interrupted) as info:
+        loop.run()
+    assert info.value.signum == signal.SIGINT and info.value.exit_code == 130
+    assert loop.interrupted_in_flight == 1 and loop.finished() == 0
+    # an in-process trial cannot run on without its driver (keep or not): failed, queued again
+    # with its retry count unchanged, although max_retries=0
     (t, retry) = study.trials
-    assert t.state == TrialState.FAIL and "driver stopped" in t.user_attrs[attrs.ERROR]
+    assert t.state == TrialState.FAIL and t.user_attrs[attrs.ERROR] == "interrupted (SIGINT)"
+    assert t.user_attrs[attrs.RETRIED]
     assert retry.state == TrialState.WAITING and retry.user_attrs[attrs.RETRY_OF] == 0
+    assert retry.user_attrs[attrs.RETRY_COUNT] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_conditional_params_are_asked_only_when_they_apply() -> None:
@@ -412,3 +502,17 @@ def test_k_fold_trials_tell_the_mean_and_store_the_folds() -> None:
     # not derivable here: the first fold's output dir is stored
     assert first.user_attrs[attrs.OUTPUT_DIR] == "/tmp/hpo-loop-test/0"
 
+
+
+def test_the_end_of_sweep_lines_name_the_results_file_report_and_dashboard(
+    tmp_path: Path,
+) -> None:
+    plan = make_plan(storage=f"sqlite:///{tmp_path / 'my db.db'}", study_name="s1")
+    lines = summary_commands(plan, tmp_path / "optimization_results.yaml")
+    url = shlex.quote(f"sqlite:///{tmp_path / 'my db.db'}")
+    assert lines == [
+        f"results:   {tmp_path / 'optimization_results.yaml'}",
+        f"report:    python -m hpo.report --storage {url} --study s1 --out report/",
+        f"dashboard: python -m hpo.dashboard --storage {url}",
+    ]
+    assert summary_commands(make_plan(), None) == []  # in memory, nothing written

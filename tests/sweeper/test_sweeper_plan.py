@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.errors import ConfigError, SearchSpaceError
+from hpo.naming import default_study_name
 from hydra_plugins.hpo_sweeper._dryrun import describe
 from hydra_plugins.hpo_sweeper._plan import (
     LauncherFacts,
@@ -29,7 +30,7 @@ from hydra_plugins.hpo_sweeper.config import HPOSweeperConf
 GROUPS = {"model": ["cnn", "mlp", "resnet9"], "optimizer": ["adam", "sgd"]}
 IN_PROCESS = LauncherFacts()
 SLURM = LauncherFacts(name="SlurmLauncher", in_process=False, fast=False, remote=True,
-                      slurm_params={"partition": "debug"})
+                      executor="slurm", params={"partition": "debug"})
 
 
 def app_config(subdir: str = "${hydra.job.num}", **extra: Any) -> DictConfig:
@@ -229,7 +230,7 @@ def test_the_dry_run_prints_the_plan_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "s.db"
-    plan = plan_of("optimizer.lr=interval(0, 1)", "model=mlp,cnn", "seed=7",
+    plan = plan_of("optimizer.lr=interval(0, 1)", "model=mlp,cnn", "seed=7", study_name="hpo",
                    storage=f"sqlite:///{db}", n_jobs=2, n_trials=5, fallback_sampler=None)
     batch = describe(plan)
     out = capsys.readouterr().out
@@ -252,3 +253,19 @@ def test_the_dry_run_prints_the_plan_and_writes_nothing(
     out = capsys.readouterr().out
     assert "sbatch script that would be submitted for the first trial:" in out
     assert "debug" in out  # the partition
+
+
+def test_an_unnamed_study_is_named_by_the_config_and_its_space_and_the_sweep_dir_follows(
+) -> None:
+    config = app_config()
+    config.hydra.sweep.dir = "multirun/${hydra.sweeper.study_name}"
+    config.hydra.job.config_name = "train"
+    plan = plan_of("optimizer.lr=interval(0, 1)", config=config)
+    assert not plan.study_named
+    assert plan.study_name == plan.default_study_name == default_study_name(
+        "train", plan.distributions)
+    assert plan.sweep_dir == f"multirun/{plan.study_name}"
+    OmegaConf.update(config, "hydra.sweeper.study_name", "mine", force_add=True)
+    named = plan_of("optimizer.lr=interval(0, 1)", config=config, study_name="mine")
+    assert named.study_named and named.study_name == "mine"
+    assert named.default_study_name == plan.study_name

@@ -1,4 +1,5 @@
-"""Dry run: the planned trials (on SLURM also the sbatch script); nothing submitted or stored."""
+"""Dry run: the planned trials (on SLURM also the sbatch script of each resource class);
+nothing submitted or stored."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import optuna
 from hpo.storage import open_storage
 
 from ._plan import SweepPlan
-from ._study import build_fallback
+from ._study import build_fallback, check_space
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ def describe(plan: SweepPlan) -> list[list[str]]:
     with the classical sampler; the real storage is only read.
     """
     trials = _existing_trials(plan)
+    check_space(trials, plan)  # the clash a real run would stop on
     done = len(trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage(),
@@ -31,10 +33,12 @@ def describe(plan: SweepPlan) -> list[list[str]]:
     llm = plan.sampler.agent is not None
     baseline = {s.name: s.default for s in plan.space if s.default is not None} if llm else {}
     plans: list[list[str]] = []
+    asked: list[dict[str, object]] = []
     for i in range(n):
         if done == 0 and i == 0 and baseline and len(baseline) == len(plan.space):
             study.enqueue_trial(baseline)
         t = study.ask(plan.distributions)
+        asked.append(dict(t.params))
         plans.append(plan.trial_overrides(t.params))
     lines = [
         f"DRY RUN: study {plan.study_name!r} holds {done} trial(s) of n_trials="
@@ -44,10 +48,7 @@ def describe(plan: SweepPlan) -> list[list[str]]:
         *(f"  trial {done + i}: {' '.join(p)}" for i, p in enumerate(plans)),
     ]
     if plan.launcher.slurm_params is not None:
-        from ._slurm import sbatch_preview
-
-        lines += ["sbatch script that would be submitted for the first trial:",
-                  sbatch_preview(dict(plan.launcher.slurm_params), plans[0] if plans else [])]
+        lines += _scripts(plan, asked, plans)
     lines.append("nothing was submitted and nothing was written to storage.")
     print("\n".join(lines), flush=True)
     return plans
@@ -65,3 +66,26 @@ def _existing_trials(plan: SweepPlan) -> list[optuna.trial.FrozenTrial]:
         return study.get_trials(deepcopy=True)
     except Exception:  # no such study yet, or an unreadable storage: plan from scratch
         return []
+
+
+def _scripts(plan: SweepPlan, params: list[dict[str, object]],
+             plans: list[list[str]]) -> list[str]:
+    """The sbatch script of each resource class (and of the trials no class matches)."""
+    from ._slurm import sbatch_preview
+
+    if not plan.resources:
+        return ["sbatch script that would be submitted for the first trial:",
+                sbatch_preview(plan.launcher_params(None), plans[0] if plans else [])]
+    lines = []
+    for resource in (*plan.resources, None):
+        planned = next((o for p, o in zip(params, plans, strict=True)
+                        if plan.resource_class(p) is resource), None)
+        if resource is None:
+            head = "sbatch script of the trials no resource class matches (hydra.launcher)"
+        else:
+            head = (f"sbatch script of resource class {resource.name!r} "
+                    f"({', '.join(f'{k}={v}' for k, v in resource.settings.items())})")
+        which = "its first planned trial" if planned is not None else "no planned trial yet"
+        lines += [f"{head}, {which}:", sbatch_preview(plan.launcher_params(resource),
+                                                      planned or [])]
+    return lines

@@ -21,6 +21,7 @@ Forms, on the command line or in ``hydra.sweeper.params`` / ``conf/search_space/
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,4 +185,9 @@ def format_value(value: Any) -> str:
     s = str(value)
     if s and all(c.isalnum() or c in "_-./" for c in s) and not s[0].isdigit():
         return s
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra's quoted strings take backslashes as they are, except before a quote (escaped
+    # here) and before ${ (an escaped interpolation, as parsed from '\${oc.env:HOME}', stays
+    # escaped: the job gets the literal, as storage holds it); a trailing one is doubled
+    body = s.replace("'", "\\'")
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return "'" + body + "'"

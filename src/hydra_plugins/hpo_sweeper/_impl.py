@@ -4,27 +4,37 @@ Each step is a module of its own, and values flow between them:
 
 - :mod:`._plan`: ``hydra.sweeper.*`` + config + command line -> a frozen ``SweepPlan``;
 - :mod:`._study`: the sampler and pruner, the study opened in storage, the jobs' context;
-- :mod:`._recovery`: RUNNING trials of dead drivers failed and re-enqueued;
-- :mod:`._loop`: the slot loop; :mod:`._jobs`: the launcher (and :mod:`._inprocess`);
-- :mod:`._dryrun`: the plan printed instead of run.
+- :mod:`._recovery`: RUNNING trials of dead drivers failed and re-enqueued, or re-attached
+  when their jobs ended with a result or still run;
+- :mod:`._loop`: the slot loop; :mod:`._jobs`: the launcher (:mod:`._submitit`,
+  :mod:`._inprocess`); :mod:`._interrupt`: stop signals;
+- :mod:`._dryrun`: the plan printed instead of run; :mod:`._detach`: the driver submitted as
+  a SLURM job instead of run here.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
+import optuna
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hpo.attrs import driver_id, trial_output_dir
 from hpo.errors import ConfigError, SearchSpaceError, first_line
 
+from ._detach import ENV_DRIVER_JOB
+from ._interrupt import Guard, Interrupted, exit_interrupted, interrupt_line
 from ._jobs import JobRunner, launcher_facts
 from ._loop import SlotLoop
+from ._lost_storage import tell_unreported
 from ._plan import SweepPlan, build_plan
-from ._recovery import driver_id, recover_orphans
+from ._recovery import recover_orphans
 from ._study import (
     build_pruner,
     build_sampler,
@@ -33,7 +43,10 @@ from ._study import (
     open_study,
     register_driver,
 )
+from ._submitit import facts as job_facts
 from .config import HPOSweeperConf
+
+log = logging.getLogger(__name__)
 
 
 class HPOSweeperImpl(Sweeper):
@@ -66,17 +79,53 @@ class HPOSweeperImpl(Sweeper):
             group_options=loader.get_group_options,
             launcher=launcher_facts(self.launcher, fast_inprocess=self.options.fast_inprocess),
         )
+        if not plan.study_named:
+            self._name_study(plan.study_name)
         for values in plan.validation_points():
             self._check_composition(plan.trial_overrides(values))
         return plan
 
-    def sweep(self, arguments: list[str]) -> Any:
-        assert self.launcher is not None
-        plan = self.plan(arguments)
-        if plan.dry_run:
-            from ._dryrun import describe
+    def _name_study(self, name: str) -> None:
+        """Give the sweep's config, and every job's, the default study name (the sweep dir
+        and the jobs may interpolate ``${hydra.sweeper.study_name}``)."""
+        from omegaconf import open_dict, read_write
 
-            return describe(plan)
+        assert self.config is not None
+        with read_write(self.config), open_dict(self.config):
+            self.config.hydra.sweeper.study_name = name
+            self.config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")
+        log.info("study %r (no hydra.sweeper.study_name: the config name and a hash of the "
+                 "search space; set it to name the study yourself)", name)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        with Guard() as guard:
+            study = None
+            loop: SlotLoop | None = None
+            try:
+                plan = self.plan(arguments)
+                if plan.dry_run:
+                    from ._dryrun import describe
+
+                    return describe(plan)
+                if plan.detach:
+                    from ._detach import submit_driver
+
+                    return submit_driver(plan)
+                study, loop = self._open(plan, guard)
+                return loop.run()
+            except Interrupted as exc:
+                finished = loop.finished() if loop is not None else None
+                in_flight = loop.interrupted_in_flight if loop is not None else 0
+                if exc.requeue:
+                    from ._detach import requeue_self
+
+                    requeue_self()
+                exit_interrupted(interrupt_line(finished, in_flight), exc.exit_code)
+        return study  # not reached
+
+    def _open(self, plan: SweepPlan, guard: Guard) -> tuple[optuna.Study, SlotLoop]:
+        """Open the study, recover the orphans of earlier drivers, register this driver."""
+        assert self.launcher is not None
         # everything that can fail on bad input comes before the storage is opened
         pruner = build_pruner(plan.pruner)
         sampler = build_sampler(plan)
@@ -84,11 +133,20 @@ class HPOSweeperImpl(Sweeper):
         study = open_study(plan, sampler, pruner)
         export_job_context(plan, study, pruner)
         me = driver_id()
-        recover_orphans(study, grace_s=plan.heartbeat_grace_s,
-                        max_retries=plan.budget.max_retries)
-        register_driver(study, me, plan)
-        runner = JobRunner(self.launcher, plan.launcher)
-        return SlotLoop(plan, study, sampler, runner.launch, driver=me).run()
+        runner = JobRunner(self.launcher, plan)
+        with guard.critical():  # trials are judged and their fates written together
+            # results an earlier run kept beside its trials when it lost the storage
+            tell_unreported(study, lambda n, user: trial_output_dir(n, user, study.user_attrs))
+            recovered = recover_orphans(
+                study, grace_s=plan.heartbeat_grace_s, max_retries=plan.budget.max_retries,
+                lookup=job_facts, slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,
+            )
+            register_driver(study, me, plan)
+        from hpo.best import app_of
+
+        loop = SlotLoop(plan, study, sampler, runner, driver=me, adopt=recovered.adopt,
+                        guard=guard, app=app_of(self.config))
+        return study, loop
 
     def _check_composition(self, overrides: list[str]) -> None:
         """Compose the config once with ``overrides``: bad paths/options fail before any trial."""

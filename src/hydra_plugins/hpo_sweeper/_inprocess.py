@@ -125,7 +125,10 @@ class InProcessJobs:
             )
             for k, v in env.items():
                 cfg.hydra.job.env_set[k] = v
-            overrides_hydra = list(cfg.hydra.overrides.hydra)
+            # the strings as written: an override such as hydra.sweep.subdir=t_${hydra.job.num}
+            # is not resolved here (the job number is set later)
+            overrides_hydra = OmegaConf.to_container(cfg.hydra.overrides.hydra, resolve=False)
+            assert isinstance(overrides_hydra, list)
             cfg.hydra.overrides.hydra = overrides_hydra + [
                 o.input_line for o in parsed if o.key_or_group.startswith(ENV_SET)
             ]

@@ -10,10 +10,12 @@ from ``OmegaConf.create(...)``. What the plan knows is all the rest of the sweep
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,17 @@ from optuna.study import StudyDirection
 
 from hpo import trial_context
 from hpo.errors import ConfigError, SearchSpaceError
+from hpo.naming import default_study_name
 from hpo.space import ParamSpec, check_value, clamp_value
 
 from ._grammar import ParsedParam, format_value, parse_params
 from .config import HPOSweeperConf
 
+log = logging.getLogger(__name__)
+
 DIRECTIONS = ("minimize", "maximize")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
+INTERRUPT_POLICIES = ("keep", "cancel")
 _JOB_NUM = re.compile(r"\$\{hydra[.:]job\.num\}")
 _PER_JOB = re.compile(r"\$\{[^}]*hydra[.:](job|runtime|overrides)\b")
 
@@ -48,14 +54,44 @@ class LauncherFacts:
         in_process: Jobs run in this process (Hydra's basic launcher), one at a time.
         fast: In-process jobs take the cached-composition path (``fast_inprocess``).
         remote: Jobs may run on other hosts (submitit_slurm, or a launcher we do not know).
-        slurm_params: The submitit_slurm launcher's parameters (for the sbatch preview).
+        executor: hydra-submitit-launcher's executor, ``"slurm"`` or ``"local"``; None for
+            other launchers.
+        params: The submitit launcher's parameters (the resolved ``hydra.launcher`` node).
     """
 
     name: str = "BasicLauncher"
     in_process: bool = True
     fast: bool = True
     remote: bool = False
-    slurm_params: Mapping[str, Any] | None = None
+    executor: str | None = None
+    params: Mapping[str, Any] | None = None
+
+    @property
+    def slurm_params(self) -> Mapping[str, Any] | None:
+        """The submitit_slurm launcher's parameters (for the sbatch preview); else None."""
+        return self.params if self.executor == "slurm" else None
+
+
+@dataclass(frozen=True)
+class ResourceClass:
+    """Launcher settings for the trials whose ``param`` took one of ``values``
+    (an entry of ``hydra.sweeper.resources``).
+
+    Attributes:
+        name: The entry's key as written, e.g. ``"model=resnet9"``.
+        param: The searched parameter it looks at.
+        values: The values (as strings) that select it.
+        settings: ``hydra.launcher`` keys and their values for those trials' jobs.
+    """
+
+    name: str
+    param: str
+    values: frozenset[str]
+    settings: Mapping[str, Any]
+
+    def applies(self, params: Mapping[str, Any]) -> bool:
+        """Whether a trial with ``params`` belongs to this class."""
+        return self.param in params and str(params[self.param]) in self.values
 
 
 @dataclass(frozen=True)
@@ -108,7 +144,17 @@ class SweepPlan:
             derived (in-process jobs, a subdir made of literal text and the job number); None:
             the sweeper stores each trial's output dir instead.
         dry_run: Print the plan; start and store nothing.
+        study_named: The user named the study (``hydra.sweeper.study_name``); else
+            ``study_name`` is ``default_study_name``.
+        default_study_name: The config name plus a hash of the search space
+            (:func:`hpo.naming.default_study_name`): the study when none is named, and the
+            name the clash message proposes.
         progress: Live progress on a terminal.
+        resources: Launcher settings per trial, in order (the first that applies wins).
+        on_interrupt: What SIGINT/SIGTERM does to submitit jobs in flight: keep or cancel.
+        array: Ready trials of one resource class go out as one SLURM job array.
+        detach: Submit the driver as a SLURM job instead of running the sweep here.
+        driver_sbatch: sbatch options of that driver job (``{option: value}``).
     """
 
     study_name: str
@@ -131,6 +177,13 @@ class SweepPlan:
     output_dir_pattern: str | None
     dry_run: bool = False
     progress: bool = True
+    study_named: bool = True
+    default_study_name: str = ""
+    resources: tuple[ResourceClass, ...] = ()
+    on_interrupt: str = "keep"
+    array: bool = False
+    detach: bool = False
+    driver_sbatch: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -174,6 +227,21 @@ class SweepPlan:
             [*job, f"cv.fold={i}", f"hydra.sweep.subdir=trial_{number}/fold_{i}"]
             for i in range(self.folds)
         ]
+
+    def resource_class(self, params: Mapping[str, Any]) -> ResourceClass | None:
+        """The resource class of a trial with ``params``: the first that applies, or None."""
+        return next((r for r in self.resources if r.applies(params)), None)
+
+    def launcher_params(self, resource: ResourceClass | None) -> dict[str, Any]:
+        """The launcher's parameters for a job of ``resource``: ``hydra.launcher`` with the
+        class's settings over it (a dict setting such as ``additional_parameters`` is merged
+        key by key)."""
+        params = dict(self.launcher.params or {})
+        for key, value in (resource.settings if resource else {}).items():
+            old = params.get(key)
+            params[key] = ({**old, **value} if isinstance(old, Mapping)
+                           and isinstance(value, Mapping) else value)
+        return params
 
     def output_dir(self, number: int) -> str | None:
         """The output dir of trial ``number`` when derivable (see ``output_dir_pattern``)."""
@@ -251,19 +319,34 @@ def build_plan(
         )
     directions = parse_directions(options.direction)
     check_pruner(options.pruner)
+    on_interrupt = str(options.on_interrupt)
+    if on_interrupt not in INTERRUPT_POLICIES:
+        raise ConfigError(
+            f"hydra.sweeper.on_interrupt={options.on_interrupt!r} is unknown: use keep (jobs "
+            "in flight run on and are re-attached on rerun) or cancel"
+        )
+    check_cluster_options(options, launcher)
 
     groups = group_choices(config)
     searched, fixed = search_space(options.params or {}, arguments)
     specs = param_specs(searched, config, groups, group_options, options.descriptions or {})
     specs = with_conditions(specs, options.conditions or {})
+    resources = resource_classes(_plain(options.resources) or {}, specs, launcher)
     objective_names = objectives(config, directions)
     folds = int(OmegaConf.select(config, "cv.folds", default=1) or 1)
+    study_named = options.study_name not in (None, "")
+    default_name = default_study_name(
+        OmegaConf.select(config, "hydra.job.config_name", default=None),
+        {s.name: s.distribution for s in specs})
+    study_name = str(options.study_name) if study_named else default_name
+    if not study_named:  # the sweep dir and the jobs see the name (${hydra.sweeper.study_name})
+        config = with_study_name(config, study_name)
     sweep_dir = str(config.hydra.sweep.dir)
-    study_name = str(options.study_name)
-    agent = OmegaConf.select(config, "agent", default=None) if options.sampler is None else None
+    chosen = None if _llm_choice(options.sampler) else options.sampler
+    agent = OmegaConf.select(config, "agent", default=None) if chosen is None else None
     max_epochs = OmegaConf.select(config, "trainer.max_epochs", default=None)
     sampler = SamplerSpec(
-        sampler=options.sampler,
+        sampler=chosen,
         fallback=options.fallback_sampler,
         agent=agent,
         seed=options.seed,
@@ -293,6 +376,13 @@ def build_plan(
         output_dir_pattern=output_dir_pattern(config, launcher, folds),
         dry_run=bool(options.dry_run),
         progress=bool(options.progress),
+        study_named=study_named,
+        default_study_name=default_name,
+        resources=resources,
+        on_interrupt=on_interrupt,
+        array=bool(options.array),
+        detach=bool(options.detach),
+        driver_sbatch={str(k): str(v) for k, v in (_plain(options.driver_sbatch) or {}).items()},
     )
 
 
@@ -335,6 +425,99 @@ def absolute_storage_url(url: str | None) -> str | None:
     return url
 
 
+def _llm_choice(sampler: Any) -> bool:
+    """Whether ``hydra.sweeper.sampler`` is ``hydra/sweeper/sampler=llm`` (the default,
+    named)."""
+    return (isinstance(sampler, Mapping) or OmegaConf.is_dict(sampler)) and bool(
+        sampler.get("llm")) and "_target_" not in sampler
+
+
+def with_study_name(config: DictConfig, name: str) -> DictConfig:
+    """A copy of ``config`` whose ``hydra.sweeper.study_name`` is ``name``."""
+    from omegaconf import open_dict
+
+    out = copy.deepcopy(config)
+    with open_dict(out):
+        OmegaConf.update(out, "hydra.sweeper.study_name", name, force_add=True)
+    return out
+
+
+def check_cluster_options(options: HPOSweeperConf, launcher: LauncherFacts) -> None:
+    """Raise unless ``array``, ``detach`` and ``resources`` suit the launcher and storage."""
+    if options.array and launcher.executor != "slurm":
+        raise ConfigError(
+            "hydra.sweeper.array=true needs hydra/launcher=submitit_slurm (job arrays are "
+            f"SLURM's; the launcher is {launcher.name}): remove it or switch the launcher"
+        )
+    if options.detach:
+        if launcher.executor != "slurm":
+            raise ConfigError(
+                "hydra.sweeper.detach=true submits the driver with sbatch and needs "
+                f"hydra/launcher=submitit_slurm (the launcher is {launcher.name})"
+            )
+        storage = options.storage
+        if storage in (None, "", "memory", "inmemory", "in-memory"):
+            raise ConfigError(
+                "hydra.sweeper.detach=true needs a storage the driver job can reach, e.g. "
+                "hydra.sweeper.storage=sqlite:///$HOME/hpo/hpo.db (memory is lost with the "
+                "process)"
+            )
+    if options.resources and launcher.executor is None:
+        raise ConfigError(
+            "hydra.sweeper.resources sets launcher settings per trial and needs a submitit "
+            "launcher (hydra/launcher=submitit_slurm or submitit_local; the launcher is "
+            f"{launcher.name})"
+        )
+
+
+def resource_classes(
+    resources: Mapping[str, Any], specs: Sequence[ParamSpec], launcher: LauncherFacts
+) -> tuple[ResourceClass, ...]:
+    """``hydra.sweeper.resources`` checked: each key a condition on a searched parameter
+    (``param=value[,value]``, values it can take), each value a mapping of launcher keys."""
+    dists = {s.name: s.distribution for s in specs}
+    known = sorted(launcher.params or {})
+    out = []
+    for name, settings in ((str(k), v) for k, v in resources.items()):
+        where = f"hydra.sweeper.resources[{name!r}]"
+        param, sep, raw = name.partition("=")
+        param = param.strip()
+        values = frozenset(v.strip() for v in raw.split(",") if v.strip())
+        if not sep or not values or param not in dists:
+            searched = ", ".join(dists)
+            raise ConfigError(
+                f"{where}: write the class as '<searched param>=value[,value]', e.g. "
+                f"model=resnet9 (searched: {searched})"
+            )
+        choices = getattr(dists[param], "choices", None)
+        if choices is not None:
+            bad = sorted(values - {str(c) for c in choices})
+            if bad:
+                raise ConfigError(
+                    f"{where}: {param}={bad[0]} is not a value of {param}: choose from "
+                    f"{', '.join(str(c) for c in choices)}"
+                )
+        if not isinstance(settings, Mapping) or not settings:
+            raise ConfigError(
+                f"{where} must map launcher settings to values, e.g. {{mem_gb: 32, "
+                "timeout_min: 240}"
+            )
+        for key in settings:
+            if str(key) not in known:
+                raise ConfigError(
+                    f"{where}.{key} is not a setting of hydra.launcher ({launcher.name}): "
+                    f"choose from {', '.join(known)}"
+                )
+        out.append(ResourceClass(name=name, param=param, values=values,
+                                 settings={str(k): v for k, v in settings.items()}))
+    return tuple(out)
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf node as plain containers (Hydra hands the sweeper's options over so)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 # ------------------------------------------------------------------------ search space
 def search_space(
     params: Mapping[str, str], arguments: Sequence[str]
@@ -343,7 +526,14 @@ def search_space(
     by_name: dict[str, ParsedParam] = {}
     for p in parse_params([(str(k), str(v)) for k, v in params.items()]):
         by_name[p.name] = p
-    for p in parse_params(list(arguments)):
+    given: dict[str, str] = {}
+    for arg, p in zip(arguments, parse_params(list(arguments)), strict=True):
+        if p.name in given:
+            raise SearchSpaceError(
+                f"{p.name} is given twice on the command line ({given[p.name]!r} and {arg!r}):"
+                " keep one"
+            )
+        given[p.name] = arg
         by_name.pop(p.name, None)
         by_name[p.name] = p
     searched = [p for p in by_name.values() if p.distribution is not None]
@@ -393,6 +583,10 @@ def param_specs(
                 default = None
         if default is not None and check_value(dist, default) is not None:
             clamped = clamp_value(dist, default)
+            if clamped is not None and not isinstance(dist, CategoricalDistribution):
+                log.warning("the default of %s (%s) is outside %s: the baseline trial uses %s "
+                            "(clamped); change the default or widen the range to try it as it "
+                            "is", p.name, default, dist, clamped)
             default = clamped if clamped is not None else None
         if default is not None and isinstance(dist, CategoricalDistribution):
             # group choices come back as strings; match the declared choice's type

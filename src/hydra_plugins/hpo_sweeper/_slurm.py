@@ -15,7 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,8 @@ class _Rejected:
         return [s for f in flags if (s := self.setting(f)) and self.options.get(f) != "1"]
 
 
-def rejection_error(exc: BaseException) -> Exception | None:
+def rejection_error(exc: BaseException, *, resource_class: str | None = None,
+                    class_keys: Collection[str] = ()) -> Exception | None:
     """A :class:`~hpo.errors.ConfigError` when SLURM refused to queue the job; None otherwise.
 
     Recognises sbatch's refusals (memory, partition, GPUs/gres, CPUs, account, QOS, time limit,
@@ -98,6 +99,10 @@ def rejection_error(exc: BaseException) -> Exception | None:
 
     Args:
         exc: The exception ``launcher.launch`` raised for one job.
+        resource_class: The ``hydra.sweeper.resources`` class of the job, named in the
+            message.
+        class_keys: The launcher keys that class sets: the message names them as the
+            class's settings (``hydra.sweeper.resources['model=large'].mem_gb``).
 
     Returns:
         The error to stop the sweep with, or None.
@@ -114,6 +119,12 @@ def rejection_error(exc: BaseException) -> Exception | None:
     message = _explain(rejected)
     if message is None:
         return None
+    if resource_class is not None:
+        for key in class_keys:
+            message = re.sub(rf"hydra\.launcher\.{re.escape(key)}\b",
+                             f"hydra.sweeper.resources[{resource_class!r}].{key}", message)
+        return ConfigError(f"SLURM rejected the job of resource class {resource_class!r}: "
+                           f"{message}")
     return ConfigError(f"SLURM rejected the job: {message}")
 
 

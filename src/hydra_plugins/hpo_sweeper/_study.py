@@ -7,18 +7,20 @@ Everything here reads the :class:`~._plan.SweepPlan`; nothing here decides what 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs, trial_context
@@ -59,7 +61,7 @@ def build_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
     place that reads it); else the fallback sampler."""
     spec = plan.sampler
     if spec.sampler is not None:
-        return _as_sampler(spec.sampler, "sampler")
+        return _as_sampler(_with_grid(spec.sampler, plan), "sampler")
     fallback = build_fallback(plan)
     if spec.agent is None:
         return fallback
@@ -79,6 +81,40 @@ def build_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
         sensitive=dict(spec.sensitive),
         fidelity=spec.fidelity,
     )
+
+
+def _with_grid(obj: Any, plan: SweepPlan) -> Any:
+    """``hydra/sweeper/sampler=grid`` (a partial GridSampler) with no ``search_space``: the
+    grid of the searched params (choices as they are, ranges by their step)."""
+    if not (isinstance(obj, functools.partial) and obj.func is optuna.samplers.GridSampler
+            and obj.keywords.get("search_space") is None):
+        return obj
+    grid = {}
+    for s in plan.space:
+        values = grid_values(s.distribution)
+        if values is None:
+            low, high = getattr(s.distribution, "low", "?"), getattr(s.distribution, "high", "?")
+            raise ConfigError(
+                f"hydra/sweeper/sampler=grid needs the values of {s.name!r} ({s.distribution}):"
+                f" give it a step, e.g. {s.name}=range({low}, {high}, step=...), or choice(...)"
+            )
+        grid[s.name] = values
+    return obj.func(*obj.args, **{**obj.keywords, "search_space": grid})
+
+
+def grid_values(dist: BaseDistribution) -> list[Any] | None:
+    """The grid points of a distribution: its choices, or its range by its step; None for a
+    float interval without a step."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    step = getattr(dist, "step", None)
+    if step is None:
+        return None
+    low, high = dist.low, dist.high  # type: ignore[attr-defined]
+    count = round((high - low) / step) + 1
+    values = [low + i * step for i in range(count)]
+    return [int(v) for v in values] if isinstance(dist, IntDistribution) else [
+        round(v, 12) for v in values]
 
 
 def _as_sampler(obj: Any, name: str) -> optuna.samplers.BaseSampler:
@@ -143,9 +179,9 @@ def open_study(
     if existing != list(plan.directions):
         raise ConfigError(
             f"study {plan.study_name!r} already exists with direction {existing}, not "
-            f"{list(plan.directions)}: use another hydra.sweeper.study_name or the same direction"
+            f"{list(plan.directions)}: {_other_study(plan)}, or keep the direction"
         )
-    _check_distributions(study, plan.distributions, plan.study_name)
+    check_space(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), plan)
     if not study.user_attrs.get(attrs.SEARCH_SPACE):
         study.set_user_attr(attrs.SEARCH_SPACE, {
             s.name: s.distribution.__class__.__name__ for s in plan.space
@@ -156,25 +192,42 @@ def open_study(
     return study
 
 
-def _check_distributions(
-    study: optuna.Study, distributions: Mapping[str, BaseDistribution], name: str
-) -> None:
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def _other_study(plan: SweepPlan) -> str:
+    """The exact override that gives this sweep a study of its own."""
+    name = plan.default_study_name
+    if not name or name == plan.study_name:  # the default clashes too: suffix it
+        name = f"{plan.study_name}-2"
+    return f"rerun with hydra.sweeper.study_name={name} for a study of its own"
+
+
+def check_space(trials: Sequence[FrozenTrial], plan: SweepPlan) -> None:
+    """Raise a one-line ConfigError when the study's complete ``trials`` searched another
+    space than ``plan`` (the sweep and its dry run check the same)."""
+    name = plan.study_name
+    distributions = plan.distributions
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
         for param, dist in t.distributions.items():
             new = distributions.get(param)
             if new is not None and new != dist:
                 raise ConfigError(
-                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: keep the "
-                    "search space of a study, or use a new hydra.sweeper.study_name"
+                    f"parameter {param!r} is {dist} in study {name!r} but {new} now: "
+                    f"{_other_study(plan)}, or keep the search space of study {name!r}"
                 )
         break
 
 
 def register_driver(study: optuna.Study, driver: str, plan: SweepPlan) -> None:
-    """Add this driver (and its output-dir pattern) to the study's ``hpo:drivers``."""
+    """Add this driver (its output-dir pattern, start, and SLURM job when it runs as one) to
+    the study's ``hpo:drivers``."""
+    from ._detach import ENV_DRIVER_JOB, ENV_DRIVER_LOG
+
     records = attrs.driver_records(study.user_attrs)[-49:]
     study.set_user_attr(attrs.DRIVERS, [
-        *records, attrs.driver_record(driver, plan.output_dir_pattern)
+        *records, attrs.driver_record(driver, plan.output_dir_pattern, since=time.time(),
+                                      slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,
+                                      log=os.environ.get(ENV_DRIVER_LOG) or None)
     ])
 
 
