@@ -124,7 +124,7 @@ def test_objective_never_logged_fails_trials_and_stops_by_failure_rate(tmp_path:
     assert "Traceback" not in stderr
     last = error_lines(stderr)[-1]
     assert last.startswith("3 of 3 trials failed (rate 1.00 > hydra.sweeper.max_failure_rate=0.5)")
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 's.db'}")
     trials = study.trials
     assert len(trials) == 3 and {t.state for t in trials} == {TrialState.FAIL}
     for t in trials:

@@ -518,7 +518,7 @@ def test_cli_sweep_rides_out_every_fault(server: FakeLLMServer, tmp_path: Path) 
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, env=env, timeout=600,
     )
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
     trials = study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8, proc.stdout[-3000:]
     space = {k: v for t in trials for k, v in t.distributions.items()}
@@ -569,7 +569,7 @@ def test_cli_claude_overloaded_and_text_instead_of_tool(
          f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, env=env, timeout=600,
     )
-    trials = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}").trials
+    trials = optuna.load_study(study_name=None, storage=f"sqlite:///{db}").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert {r.kind for r in server.requests} == {"anthropic"}
     assert len(server.requests) == 4

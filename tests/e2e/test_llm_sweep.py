@@ -96,7 +96,7 @@ def run_sweep(server: FakeLLMServer, root: Path, env: dict[str, str], *args: str
          "agent.adaptive_share=false", *args],
         cwd=root, env=env, timeout=600,
     )
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
     return Sweep(proc=proc, study=study, requests=server.requests, root=root)
 
 

@@ -157,7 +157,7 @@ def _check_command(tmp: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_sweep_stores_six_trials_with_real_distributions(swept: Path) -> None:
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{swept / 's.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{swept / 's.db'}")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     for t in trials:
@@ -184,7 +184,7 @@ def test_sweep_trials_print_no_lightning_noise(swept: Path) -> None:
 @pytest.mark.slow
 def test_same_command_again_leaves_six(swept: Path) -> None:
     run_cli(_check_command(swept), cwd=swept)
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{swept / 's.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{swept / 's.db'}")
     assert len(study.trials) == 6
 
 
@@ -209,7 +209,7 @@ def test_dashboard_serves_the_study(swept: Path) -> None:
             except OSError:
                 time.sleep(0.25)
         assert data is not None, "optuna-dashboard did not answer"
-        (summary,) = [s for s in data["study_summaries"] if s["study_name"] == "hpo"]
+        (summary,) = data["study_summaries"]  # the storage's only study
         with urllib.request.urlopen(
             f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=5
         ) as r:
@@ -231,7 +231,7 @@ def test_submitit_local_sweep_of_the_training_task(tmp_path: Path) -> None:
          f"hydra.launcher.submitit_folder={tmp_path / 'submitit'}"],
         cwd=tmp_path,
     )
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 's.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert all(t.intermediate_values for t in study.trials)  # reported from the job process
 

@@ -77,7 +77,7 @@ def local_sweep(local_llm: LocalLLM, tmp_path_factory: pytest.TempPathFactory) -
          "hydra.sweeper.seed=0"],
         cwd=root, env=env, timeout=3000,
     )
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
     dumps = {}
     for path in sorted((sweep_dir / "llm").glob("call-*.json")):
         call = re.match(r"call-\d+", path.name)

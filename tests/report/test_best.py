@@ -38,7 +38,7 @@ class Swept:
     sweep_dir: Path
 
     def study(self) -> optuna.Study:
-        return optuna.load_study(study_name="hpo", storage=self.url)
+        return optuna.load_study(study_name=None, storage=self.url)
 
 
 def composed(overrides: list[str]) -> object:
@@ -100,7 +100,8 @@ def test_results_file_has_the_peers_keys_and_the_rerun_command(swept: Swept) -> 
     res = OmegaConf.load(path)  # as hydra-optuna-sweeper's users read it
     best = study.best_trial
     assert res.name == "optuna"
-    assert res.study_name == "hpo" and res.direction == "maximize"
+    assert res.study_name == study.study_name and res.study_name.startswith("train-")
+    assert res.direction == "maximize"
     assert res.objective == "val/acc"
     assert dict(res.best_params) == best.params
     assert res.best_value == best.value
@@ -111,7 +112,7 @@ def test_results_file_has_the_peers_keys_and_the_rerun_command(swept: Swept) -> 
     assert f"optimizer.lr={best.params['optimizer.lr']!r}" in tokens
     assert "trainer=debug" in tokens
     # the app is recorded in the study, for python -m hpo.best
-    assert App.from_record(optuna.load_study(study_name="hpo", storage=swept.url)
+    assert App.from_record(optuna.load_study(study_name=None, storage=swept.url)
                            .user_attrs[attrs.APP]) == sweep_app()
 
 

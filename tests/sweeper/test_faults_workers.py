@@ -83,14 +83,14 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, proc: subproces
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def load(db: Path, name: str) -> optuna.Study | None:
+def load(db: Path, name: str | None) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     except Exception:  # not created yet, or locked for a moment
         return None
 
 
-def trials_of(db: Path, name: str) -> list[FrozenTrial]:
+def trials_of(db: Path, name: str | None) -> list[FrozenTrial]:
     study = load(db, name)
     try:
         return study.get_trials() if study is not None else []
@@ -146,7 +146,7 @@ def test_llm_sweep_resumes_after_driver_sigkill(server: FakeLLMServer, tmp_path:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def training_after_two_done() -> bool:
-            ts = trials_of(db, "hpo")
+            ts = trials_of(db, None)
             done = [t for t in ts if t.state == TrialState.COMPLETE]
             # a RUNNING trial with its overrides set has been sampled: it is in training, and
             # no LLM request is in flight (n_jobs=1)
@@ -161,7 +161,7 @@ def test_llm_sweep_resumes_after_driver_sigkill(server: FakeLLMServer, tmp_path:
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-    study = load(db, "hpo")
+    study = load(db, None)
     assert study is not None
     before = study.get_trials()
     assert any(t.state == TrialState.RUNNING for t in before)  # killed mid-trial
@@ -169,7 +169,7 @@ def test_llm_sweep_resumes_after_driver_sigkill(server: FakeLLMServer, tmp_path:
     assert calls_before == len(server.requests)
 
     run_cli(args, cwd=tmp_path, env=env, timeout=600)  # the same command again
-    study = load(db, "hpo")
+    study = load(db, None)
     assert study is not None
     trials = study.get_trials()
     orphans = assert_resumed_cleanly(trials, 7)

@@ -390,7 +390,7 @@ def train_sweep(slurm_cluster, tmp_path_factory: pytest.TempPathFactory) -> optu
              f"hydra.sweep.dir={tmp / 'sweep'}",
              *launcher_args(tmp, job_name(), slurm_cluster.partition, mem_gb=2)],
             cwd=tmp, env=clean_env(), timeout=CLI_TIMEOUT_S)
-    return optuna.load_study(study_name="hpo", storage=f"sqlite:///{tmp / 's.db'}")
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{tmp / 's.db'}")
 
 
 @pytest.mark.slurm
@@ -451,7 +451,7 @@ def test_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(
         log.close()
     output = (tmp_path / "sweep.log").read_text()
     assert rc == 0, output[-3000:]
-    (trial,) = optuna.load_study(study_name="hpo", storage=url).trials  # the same trial
+    (trial,) = optuna.load_study(study_name=None, storage=url).trials  # the same trial
     assert trial.state == TrialState.COMPLETE, output[-3000:]
     attrs = trial.user_attrs
     assert attrs["hpo:resumed_from_epoch"] >= 1, attrs
@@ -467,7 +467,7 @@ def _job_after_epochs(url: str, proc: subprocess.Popen[bytes], n: int, timeout: 
         if proc.poll() is not None:
             pytest.fail(f"the sweep ended (exit {proc.returncode}) before {n} epochs")
         try:
-            trials = optuna.load_study(study_name="hpo", storage=url).trials
+            trials = optuna.load_study(study_name=None, storage=url).trials
         except (KeyError, ValueError, optuna.exceptions.StorageInternalError):
             trials = []  # not created yet
         if trials and len(trials[0].intermediate_values) >= n:

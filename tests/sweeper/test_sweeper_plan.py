@@ -230,7 +230,7 @@ def test_the_dry_run_prints_the_plan_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "s.db"
-    plan = plan_of("optimizer.lr=interval(0, 1)", "model=mlp,cnn", "seed=7", study_name="hpo",
+    plan = plan_of("optimizer.lr=interval(0, 1)", "model=mlp,cnn", "seed=7", study_name=None,
                    storage=f"sqlite:///{db}", n_jobs=2, n_trials=5, fallback_sampler=None)
     batch = describe(plan)
     out = capsys.readouterr().out

@@ -42,7 +42,7 @@ def oom_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[FrozenTria
          f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={root / 'sweep'}"],
         cwd=root, env=clean_env(), timeout=600,
     )
-    study = optuna.load_study(study_name="hpo", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
     trials = study.trials
     for t in trials:  # the output dir as hpo.attrs derives it, for the tests below
         out = trial_output_dir(t.number, t.user_attrs, study.user_attrs)
