@@ -330,6 +330,17 @@ def test_the_summary_counts_every_source() -> None:
     )
 
 
+def test_the_summary_of_a_sweep_without_an_llm_says_so() -> None:
+    study = optuna.create_study()
+    for value in (1.0, 2.0):
+        study.add_trial(_trial(value))
+    assert llm_share_summary(study) == (
+        "0 of 2 trials came from the LLM: the sweep ran without one "
+        "(a classical sampler chose all 2).")
+    study.set_user_attr("hpo:llm_calls_total", 1)  # it was asked: the full accounting
+    assert llm_share_summary(study).startswith("0 of 2 trials came from the LLM (0 repaired")
+
+
 def test_the_summary_says_zero_and_names_the_leader(llm_env: FakeLLMServer,
                                                     tmp_path: Path) -> None:
     study = new_study(LLMSampler(search_space=SPACE, seed=0), tmp_path)

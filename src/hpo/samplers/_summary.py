@@ -59,6 +59,9 @@ class SourceSummary:
     def text(self) -> str:
         """One paragraph, e.g. "3 of 20 trials came from the LLM (1 repaired, 0 clamped), 16
         from the fallback (bandit 12, share 3, llm_error:timeout 1), 1 baseline."."""
+        if self.n and self.other == self.n and not self.llm_calls:
+            return (f"0 of {self.n} trials came from the LLM: the sweep ran without one "
+                    f"(a classical sampler chose all {self.n}).")
         parts = [
             f"{self.llm} of {self.n} trials came from the LLM ({self.repaired} repaired, "
             f"{self.clamped} clamped)"
