@@ -166,9 +166,10 @@ def main() -> int:
     from quality.runner import Job, run_all
 
     n_trials = budgets[-1]
-    # the expensive problems first, methods interleaved, so both processes stay busy
-    jobs = [Job(pn, m.name, s, n_trials) for pn in reversed(problems_arg)
-            for s in range(seeds) for m in methods]
+    # seed by seed (an interrupted run leaves whole seeds: rerun with fewer --seeds to report
+    # them), the expensive problems first, methods interleaved, so all processes stay busy
+    jobs = [Job(pn, m.name, s, n_trials) for s in range(seeds) for pn in reversed(problems_arg)
+            for m in methods]
     runs, ran = run_all(jobs, args.out, workers=args.workers, fresh=args.fresh,
                         progress=progress)
     wall = time.perf_counter() - t0
