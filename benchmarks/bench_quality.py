@@ -7,18 +7,21 @@ estimators on its bundled data with 3-fold CV (``svc_digits``, ``hgb_cancer``, `
 
 Methods (``benchmarks/quality/methods.py``): ``random``, ``tpe``, ``tpe_seeded`` (TPE with the
 default configuration enqueued as trial 0), ``cmaes``, ``gp``, and hpo's LLM modes
-(``propose``), built by ``hpo.samplers.sampler_from_agent_config`` as the sweeper builds them,
-once per agent: ``adversarial`` (a scripted worst-case LLM behind ``hpo.testing.FakeLLMServer``),
-``local`` ($HPO_LOCAL_BASE_URL), hosted presets when their key is set.
+(``propose``, ``hybrid``), built by ``hpo.samplers.sampler_from_agent_config`` as the sweeper
+builds them, once per agent: ``adversarial`` and ``corners`` (scripted worst-case LLMs behind
+``hpo.testing.FakeLLMServer``), ``local`` ($HPO_LOCAL_BASE_URL), hosted presets when their key
+is set.
 
-For every (problem, method, seed) one study of max(budgets) trials runs; the table gives the
+For every (problem, method, seed) one study of max(budgets) trials runs; the tables give the
 mean normalized regret at each budget with a 95 % bootstrap CI, LLM calls/tokens/cost per run,
-and the goal of issue 12 (an LLM mode within 0.01 of TPE at the largest budget). Usage::
+the goal of issue 12 (an LLM mode within 0.01 of TPE at the largest budget), the damage an LLM
+does before damage control reacts, and real LLMs against seeded TPE and CMA-ES. Usage::
 
     python benchmarks/bench_quality.py                    # 10 seeds, budgets 10,15,25,50
     python benchmarks/bench_quality.py --quick            # a few minutes: 3 seeds, budgets 5,10
     python benchmarks/bench_quality.py --agents adversarial,local --methods tpe,propose
     python benchmarks/bench_quality.py --docs             # also write docs/benchmarks.md
+    python benchmarks/bench_quality.py --agents local ... --docs --docs-block bench_quality_local
 """
 
 from __future__ import annotations
@@ -42,22 +45,36 @@ from _common import (
 
 QUICK = {
     "problems": "sphere_mixed,branin_mixed,digits_mlp",
-    "methods": "random,tpe,propose",
+    "methods": "random,tpe,propose,hybrid",
     "seeds": 3,
     "budgets": [5, 10],
 }
 FULL = {
     "problems": "sphere_mixed,branin_mixed,digits_mlp,svc_digits,hgb_cancer,mlp_wine",
-    "methods": "random,tpe,tpe_seeded,cmaes,gp,propose",
+    "methods": "random,tpe,tpe_seeded,cmaes,gp,propose,hybrid",
     "seeds": 10,
     "budgets": [10, 15, 25, 50],
 }
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
-FIGURE = REPO_ROOT / "docs" / "figures" / "bench_quality.png"
+FIGURES = REPO_ROOT / "docs" / "figures"
 
 
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _without_docs_args(argv: list[str]) -> list[str]:
+    """The command line without ``--docs`` and ``--docs-block NAME`` (as the docs show it)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--docs-block":
+            skip = True
+        elif a != "--docs" and not a.startswith("--docs-block="):
+            out.append(a)
+    return out
 
 
 def main() -> int:
@@ -82,6 +99,9 @@ def main() -> int:
     p.add_argument("--fresh", action="store_true", help="rerun studies already in --out")
     p.add_argument("--docs", action="store_true",
                    help=f"write the tables and figure into {DOC.relative_to(REPO_ROOT)}")
+    p.add_argument("--docs-block", default="bench_quality",
+                   help="--docs: the marker pair <!-- NAME:begin --> ... <!-- NAME:end --> to "
+                        "fill; the figure is docs/figures/NAME.png (default bench_quality)")
     args = p.parse_args()
     setup_logging(args.verbose)
     preset = QUICK if args.quick else FULL
@@ -93,6 +113,14 @@ def main() -> int:
     if seeds < 1 or args.workers < 1:
         print("--seeds and --workers must be >= 1: use e.g. --seeds 10", file=sys.stderr)
         return 2
+    if args.docs:
+        from quality.report import check_docs
+
+        try:
+            check_docs(DOC, args.docs_block)
+        except ValueError as exc:
+            print(f"--docs-block {args.docs_block!r}: {exc}", file=sys.stderr)
+            return 2
 
     from quality import methods as registry
     from quality.problems import PROBLEMS
@@ -125,37 +153,45 @@ def main() -> int:
 
     from quality.report import (
         curves,
+        damage_table,
         goal_table,
         llm_table,
         plot,
         ranges_table,
         regret_table,
         regret_wide_table,
+        versus_table,
         write_docs,
     )
     from quality.runner import Job, run_all
 
     n_trials = budgets[-1]
-    # the expensive problems first, methods interleaved, so both processes stay busy
-    jobs = [Job(pn, m.name, s, n_trials) for pn in reversed(problems_arg)
-            for s in range(seeds) for m in methods]
+    # seed by seed (an interrupted run leaves whole seeds: rerun with fewer --seeds to report
+    # them), the expensive problems first, methods interleaved, so all processes stay busy
+    jobs = [Job(pn, m.name, s, n_trials) for s in range(seeds) for pn in reversed(problems_arg)
+            for m in methods]
     runs, ran = run_all(jobs, args.out, workers=args.workers, fresh=args.fresh,
                         progress=progress)
     wall = time.perf_counter() - t0
     load1 = os.getloadavg()
 
     all_curves, ranges = curves(problems, {m.name: m.llm for m in methods}, runs)
-    tables: list[Table] = [
-        ranges_table(problems, ranges),
-        regret_table(all_curves, budgets),
-        llm_table(all_curves),
-        goal_table(all_curves, n_trials),
-    ]
+    ranges_t = ranges_table(problems, ranges)
+    goal_t = goal_table(all_curves, n_trials)
+    damage_t = damage_table(all_curves, budgets)
+    llm_t = llm_table(all_curves)
+    # issue 12, goal 6: real LLMs against seeded TPE and CMA-ES at 15 and 50 trials
+    versus_t = versus_table(all_curves, [b for b in budgets if b in (15, 50)] or budgets,
+                            scripted=list(registry.SCRIPTED))
+    tables: list[Table] = [ranges_t, regret_table(all_curves, budgets), llm_t, goal_t,
+                           damage_t, versus_t]
     for t in tables:
         t.print()
-    # the docs show the regret table wide (one row per problem and method)
-    docs_tables = [tables[0], regret_wide_table(all_curves, budgets), tables[3], tables[2]]
-    figure = args.out / "bench_quality.png"
+    # the docs show the regret table wide (one row per problem and method), and only the
+    # tables with rows
+    docs_tables = [t for t in (ranges_t, regret_wide_table(all_curves, budgets), goal_t,
+                               damage_t, versus_t, llm_t) if t.rows]
+    figure = args.out / f"{args.docs_block}.png"
     title = (f"{seeds} seeds; mean normalized regret, 95 % bootstrap band; dashed: LLM modes "
              f"({', '.join(a for a in agents if not any(a in s for s in skipped))})")
     plot(all_curves, budgets, figure, title)
@@ -167,9 +203,9 @@ def main() -> int:
     print(footer, flush=True)
     write_json(args.json, tables)
     if args.docs:
-        FIGURE.parent.mkdir(parents=True, exist_ok=True)
-        plot(all_curves, budgets, FIGURE, title)
-        argv = " ".join(a for a in sys.argv[1:] if a != "--docs")
+        doc_figure = FIGURES / f"{args.docs_block}.png"
+        plot(all_curves, budgets, doc_figure, title)
+        argv = " ".join(_without_docs_args(sys.argv[1:]))
         block = "\n".join([
             f"Command: `python benchmarks/bench_quality.py {argv}`",
             "",
@@ -178,12 +214,12 @@ def main() -> int:
             f"({done}); {time.strftime('%Y-%m-%d %H:%M')}.",
             *[f"- {line}" for line in skipped],
             "",
-            f"![convergence](figures/{FIGURE.name})",
+            f"![convergence](figures/{doc_figure.name})",
             "",
             *[t.render().replace("### ", "#### ", 1) + "\n" for t in docs_tables],
         ])
-        write_docs(DOC, block)
-        progress(f"wrote {DOC} and {FIGURE}")
+        write_docs(DOC, block, args.docs_block)
+        progress(f"wrote {DOC} and {doc_figure}")
     return 0
 
 

@@ -9,7 +9,8 @@ through :func:`hpo.samplers.sampler_from_agent_config`, from an ``agent`` mappin
   :class:`quality.adversary.AdversarialResponder`, reached by the real OpenAI SDK client
   (preset ``openai``, model ``gpt-4o-mini``: the cost column prices the tokens at its rates);
   ``corners``: the same server, every reply a fresh worst corner (the harshest script);
-- ``local``: the ``local`` preset (``$HPO_LOCAL_BASE_URL``, e.g. ``scripts/llama-local.sh``);
+- ``local``: the ``local`` preset (``$HPO_LOCAL_BASE_URL``, e.g. ``scripts/llama-local.sh``),
+  with the settings of :data:`AGENT_SETTINGS` (one call per LLM trial, a CPU-sized deadline);
 - ``claude``, ``openai``, ``deepseek``, ``gemini``, ``openrouter``: hosted presets, used only
   when their key is set.
 
@@ -37,6 +38,12 @@ HOSTED = ("claude", "openai", "deepseek", "gemini", "openrouter")
 # scripted LLMs behind the fake server: name -> the adversary's behaviours
 SCRIPTED = {"adversarial": ("corner", "off_space", "repeat"), "corners": ("corner",)}
 AGENTS = (*SCRIPTED, "local", *HOSTED)
+# agent settings over the preset, per agent. A small model on one CPU thread takes 10-60 s a
+# call: the proposer alone (as tests/llm/test_local_llm.py runs it; the analyst would double the
+# calls) and a whole-call deadline that such a call meets.
+AGENT_SETTINGS: dict[str, dict[str, Any]] = {
+    "local": {"chain": "single", "timeout_s": 300},
+}
 
 
 @dataclass
@@ -179,6 +186,7 @@ def llm_mode(mode: str) -> Factory:
                 return {"requests": len(server.requests), "adversary": dict(responder.counts)}
         else:
             cfg = preset_config(agent)
+        cfg.update(AGENT_SETTINGS.get(agent, {}))
         cfg.update(dump_prompts=False, cache=False, context=problem.context)
         if mode != "propose":
             cfg["mode"] = mode

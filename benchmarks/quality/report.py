@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ from quality.stats import (
 LLM_SOURCES = ("llm", "repaired", "clamped")
 GOAL_DELTA = 0.01  # issue 12, goal 6: an adversarial LLM within 0.01 of TPE at 50 trials
 REFERENCE = "tpe"
-DOCS_BEGIN = "<!-- bench_quality:begin -->"
-DOCS_END = "<!-- bench_quality:end -->"
+DOCS_BLOCK = "bench_quality"  # the markers <!-- bench_quality:begin --> ... :end -->
 
 
 @dataclass
@@ -174,6 +174,99 @@ def goal_table(all_curves: list[Curves], budget: int) -> Table:
     return t
 
 
+def _diff_cell(a: np.ndarray, b: np.ndarray) -> str:
+    diff, low, high = bootstrap_diff_ci(a, b)
+    return f"{_signed(diff)} [{_signed(low)}, {_signed(high)}]"
+
+
+def damage_table(all_curves: list[Curves], budgets: Sequence[int]) -> Table:
+    """Damage before damage control reacts: each LLM method against TPE at the early budgets,
+    where its trials came from in each stretch of the study, and when the bandit cut its share.
+    """
+    early = list(budgets[:-1]) or list(budgets)
+    edges = [0, *budgets]
+    spans = [f"{lo + 1}-{hi}" for lo, hi in itertools.pairwise(edges)]
+    t = Table("Damage control: an LLM method against TPE early, and the LLM's share of trials",
+              ["problem", "method", *(f"vs tpe b={b} [CI]" for b in early),
+               *(f"LLM trials {s}" for s in spans), "share halved at", "p_llm at end"])
+    by_key = {(c.problem, c.method): c for c in all_curves}
+    for c in all_curves:
+        ref = by_key.get((c.problem, REFERENCE))
+        if not c.llm or ref is None:
+            continue
+        diffs = [_diff_cell(c.regret[:, b - 1], ref.regret[:, b - 1]) for b in early]
+        shares = []
+        for lo, hi in itertools.pairwise(edges):
+            src = [s for r in c.runs for s in r.sources[lo:hi]]
+            shares.append(_pct(sum(s in LLM_SOURCES for s in src) / max(1, len(src))))
+        halved = [_share_halved_at(r.choices) for r in c.runs]
+        cut = [h for h in halved if h is not None]
+        when = (f"{int(np.median(cut))} ({len(cut)}/{len(halved)} seeds)" if cut
+                else f"never (0/{len(halved)})")
+        ends = [_last_p_llm(r.choices) for r in c.runs]
+        end = [e for e in ends if e is not None]
+        t.add(c.problem, c.method, *diffs, *shares, when,
+              _r(float(np.mean(end)), 3) if end else None)
+    t.notes += [
+        "vs tpe: mean regret minus TPE's after b trials, with the 95 % bootstrap CI of the "
+        "difference (positive = the LLM method is behind)",
+        "LLM trials i-j: share of trials i to j whose hpo:source is llm, repaired or clamped",
+        "share halved at: the trial (median over the seeds where it happened) from which the "
+        "LLM's share (hpo:source_choice p_llm) is at most half of its first value; "
+        "p_llm at end: its value at the last trial, mean over seeds",
+    ]
+    return t
+
+
+def _share_halved_at(choices: Sequence[dict[str, Any] | None]) -> int | None:
+    """1-based trial number from which ``p_llm`` is at most half its first drawn value."""
+    drawn = [(i, float(c["p_llm"])) for i, c in enumerate(choices)
+             if c is not None and c.get("draw") is not None]
+    if not drawn or drawn[0][1] <= 0:
+        return None
+    first = drawn[0][1]
+    for i, p in drawn:
+        if p <= first / 2:
+            return i + 1
+    return None
+
+
+def _last_p_llm(choices: Sequence[dict[str, Any] | None]) -> float | None:
+    for c in reversed(choices):
+        if c is not None:
+            return float(c["p_llm"])
+    return None
+
+
+def versus_table(all_curves: list[Curves], budgets: Sequence[int],
+                 scripted: Sequence[str]) -> Table:
+    """Issue 12 goal 6 (b, c): each real LLM's modes against seeded TPE and CMA-ES."""
+    t = Table("Real LLMs against seeded TPE and CMA-ES",
+              ["problem", "method", "budget", "seeds", "regret [CI]", "tpe_seeded",
+               "vs tpe_seeded [CI]", "cmaes", "vs cmaes [CI]", "tpe"])
+    by_key = {(c.problem, c.method): c for c in all_curves}
+    for c in all_curves:
+        if not c.llm or c.method.partition("/")[2] in scripted:
+            continue
+        for b in budgets:
+            mean, low, high = bootstrap_mean_ci(c.regret[:, b - 1])
+            cells: list[Any] = []
+            for ref in ("tpe_seeded", "cmaes"):
+                other = by_key.get((c.problem, ref))
+                if other is None:
+                    cells += [None, None]
+                    continue
+                cells += [_r(other.regret[:, b - 1].mean()),
+                          _diff_cell(c.regret[:, b - 1], other.regret[:, b - 1])]
+            tpe = by_key.get((c.problem, REFERENCE))
+            t.add(c.problem, c.method, b, c.regret.shape[0],
+                  f"{fmt(float(mean))} [{fmt(float(low))}, {fmt(float(high))}]", *cells,
+                  None if tpe is None else _r(tpe.regret[:, b - 1].mean()))
+    t.notes.append("vs ...: the LLM method's mean regret minus the other's, 95 % bootstrap CI "
+                   "of the difference (negative = the LLM method is ahead)")
+    return t
+
+
 def ranges_table(problems: dict[str, Problem],
                  ranges: dict[str, tuple[float, float, str]]) -> Table:
     """The problems, their spaces, and the range regret is normalized by."""
@@ -228,19 +321,35 @@ def plot(all_curves: list[Curves], budgets: Sequence[int], path: Path, title: st
     fig.savefig(path, dpi=110)
 
 
-def write_docs(doc: Path, block: str) -> None:
-    """Replace the text between the bench_quality markers of ``doc`` with ``block``.
+def write_docs(doc: Path, block: str, name: str = DOCS_BLOCK) -> None:
+    """Replace the text between the ``<!-- <name>:begin -->`` and ``<!-- <name>:end -->``
+    markers of ``doc`` with ``block``.
 
     Raises:
         ValueError: The markers are missing (the message says where to add them).
     """
     text = doc.read_text()
-    start, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
+    start, end = _block(doc, text, name)
+    doc.write_text(text[:start] + "\n" + block.rstrip() + "\n" + text[end:])
+
+
+def check_docs(doc: Path, name: str = DOCS_BLOCK) -> None:
+    """Check that ``doc`` has the marker pair :func:`write_docs` fills (before any run).
+
+    Raises:
+        ValueError: The markers are missing (the message says where to add them).
+    """
+    _block(doc, doc.read_text(), name)
+
+
+def _block(doc: Path, text: str, name: str) -> tuple[int, int]:
+    """Where the text between the markers starts and ends."""
+    begin, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    start, end = text.find(begin), text.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"{doc} has no {DOCS_BEGIN} ... {DOCS_END} block: add the two marker "
+        raise ValueError(f"{doc} has no {begin} ... {end_marker} block: add the two marker "
                          "lines where the figures go")
-    new = text[: start + len(DOCS_BEGIN)] + "\n" + block.rstrip() + "\n" + text[end:]
-    doc.write_text(new)
+    return start + len(begin), end
 
 
 def _r(x: Any, digits: int | None = None) -> float:

@@ -20,13 +20,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from hpo import attrs
+
 RUNS = "runs"
-# Study user attrs that LLMSampler keeps (hpo.samplers._llm): LLM requests, tokens, cost.
+# Study user attrs that LLMSampler keeps: LLM requests, tokens, cost.
 LLM_TOTALS = {
-    "calls": "hpo:llm_calls_total",
-    "tokens_in": "hpo:tokens_in_total",
-    "tokens_out": "hpo:tokens_out_total",
-    "cost_usd": "hpo:cost_usd_total",
+    "calls": attrs.LLM_CALLS_TOTAL,
+    "tokens_in": attrs.TOKENS_IN_TOTAL,
+    "tokens_out": attrs.TOKENS_OUT_TOTAL,
+    "cost_usd": attrs.COST_USD_TOTAL,
 }
 
 
@@ -57,6 +59,9 @@ class Run:
         wall_s: Wall time of the study.
         eval_s: Time spent in the problem's evaluation (the rest is the sampler's).
         extra: Method-specific figures (e.g. the adversary's behaviour counts).
+        choices: ``hpo:source_choice`` of each trial (``{to, p_llm, draw, reason, why}``: how
+            damage control shared it between the LLM and the classical sampler), None where
+            the sampler recorded none (classical methods, runs of an older hpo).
     """
 
     job: dict[str, Any]
@@ -66,6 +71,7 @@ class Run:
     wall_s: float
     eval_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    choices: list[dict[str, Any] | None] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> Run:
@@ -119,10 +125,10 @@ def _init_worker() -> None:
 
 def _source(trial: Any) -> str:
     """Where a trial came from: ``hpo:source`` (with the fallback's reason), else the sampler."""
-    source = trial.user_attrs.get("hpo:source")
+    source = trial.user_attrs.get(attrs.SOURCE)
     if source is None:
         return "enqueued" if "fixed_params" in trial.system_attrs else "sampler"
-    reason = trial.user_attrs.get("hpo:fallback_reason")
+    reason = trial.user_attrs.get(attrs.FALLBACK_REASON)
     return f"{source}:{reason}" if reason else str(source)
 
 
@@ -133,7 +139,8 @@ def run_job(job: Job, out: Path) -> Run:
     from quality.methods import by_name
 
     problem = _problem(job.problem)
-    setup = by_name(job.method).setup(problem, job.seed, job.n_trials)
+    method = by_name(job.method)
+    setup = method.setup(problem, job.seed, job.n_trials)
     eval_s = 0.0
 
     def objective(trial: optuna.Trial) -> float:
@@ -162,17 +169,22 @@ def run_job(job: Job, out: Path) -> Run:
     finally:
         setup.close()
     trials = study.get_trials(deepcopy=False)
+    if method.llm:
+        from hpo.samplers import llm_share_summary
+
+        extra["summary"] = llm_share_summary(study)
     sources = [_source(t) for t in trials]
-    attrs = study.user_attrs
+    totals = study.user_attrs
     run = Run(
         job=asdict(job),
         values=[t.value if t.state == optuna.trial.TrialState.COMPLETE else None
                 for t in trials],
         sources=sources,
-        llm={k: float(attrs.get(v, 0)) for k, v in LLM_TOTALS.items()},
+        llm={k: float(totals.get(v, 0)) for k, v in LLM_TOTALS.items()},
         wall_s=wall,
         eval_s=eval_s,
         extra=extra,
+        choices=[t.user_attrs.get(attrs.SOURCE_CHOICE) for t in trials],
     )
     path = job.path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """The search-quality benchmark (benchmarks/bench_quality.py) in quick mode: one run, its tables.
 
 One ``--quick`` process (synthetic problems, the tabulated digits task; random, TPE and hpo's
-propose mode against the adversarial fake LLM) into ``tmp_path``; the tests read its JSON and
-check the tables' shape and sanity, never the figures' values or timings.
+propose and hybrid modes against the adversarial fake LLM) into ``tmp_path``; the tests read its
+JSON and runs and check the tables' shape and sanity, never the figures' values or timings.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from conftest import clean_env
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 QUICK_PROBLEMS = {"sphere_mixed", "branin_mixed", "digits_mlp"}
-QUICK_METHODS = {"random", "tpe", "propose/adversarial"}
+QUICK_METHODS = {"random", "tpe", "propose/adversarial", "hybrid/adversarial"}
 QUICK_BUDGETS = {5, 10}
-LLM_METHODS = {"propose/adversarial"}
+LLM_METHODS = {"propose/adversarial", "hybrid/adversarial"}
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +114,79 @@ def test_the_adversary_reaches_the_sampler(quick: dict[str, Any]) -> None:
         assert counts["corner"] > 0 and counts["off_space"] > 0 and counts["repeat"] > 0
 
 
+def test_hybrid_runs_record_how_each_trial_was_shared(quick: dict[str, Any]) -> None:
+    """The leader proposes most trials; each trial's source follows its recorded choice."""
+    paths = sorted((quick["out"] / "runs" / "sphere_mixed" / "hybrid__adversarial").glob(
+        "seed*_n10.json"))
+    assert len(paths) == 3
+    for path in paths:
+        run = json.loads(path.read_text())
+        assert run["sources"][0] == "baseline" and "leader" in run["sources"]
+        assert len(run["choices"]) == len(run["sources"]) == 10
+        for source, choice in zip(run["sources"][1:], run["choices"][1:], strict=True):
+            assert choice is not None and 0.0 <= choice["p_llm"] <= 1.0
+            if choice["to"] == "classical":
+                assert source == "leader", (source, choice)
+            else:
+                assert source in ("llm", "repaired", "clamped") or source.startswith(
+                    "fallback:"), (source, choice)
+        assert "trials came from the LLM" in run["extra"]["summary"]
+
+
+def test_damage_table_matches_the_runs(quick: dict[str, Any]) -> None:
+    """Early differences to TPE with their CI, and the LLM's share per stretch of trials."""
+    rows = _rows(quick["tables"]["Damage control"])
+    assert {(r["problem"], r["method"]) for r in rows} == {
+        (p, m) for p in QUICK_PROBLEMS for m in LLM_METHODS
+    }
+    regret = {(r["problem"], r["method"], int(r["budget"])): float(r["regret"])
+              for r in _rows(quick["tables"]["Search quality"])}
+    for r in rows:
+        diff, low, high = (float(x) for x in
+                           r["vs tpe b=5 [CI]"].replace("[", "").replace("]", "")
+                           .replace(",", "").split())
+        assert low <= diff <= high
+        want = regret[(r["problem"], r["method"], 5)] - regret[(r["problem"], "tpe", 5)]
+        assert diff == pytest.approx(want, abs=2e-3)
+        runs = [json.loads(p.read_text()) for p in sorted(
+            (quick["out"] / "runs" / r["problem"] / r["method"].replace("/", "__"))
+            .glob("seed*_n10.json"))]
+        for span, lo, hi in (("1-5", 0, 5), ("6-10", 5, 10)):
+            src = [s for run in runs for s in run["sources"][lo:hi]]
+            share = sum(s in ("llm", "repaired", "clamped") for s in src) / len(src)
+            assert r[f"LLM trials {span}"] == f"{100 * share:.0f} %"
+        assert 0.0 <= float(r["p_llm at end"]) <= 1.0
+
+
+def test_versus_table_compares_real_llms_only(quick: dict[str, Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripted LLMs have no row; an LLM counted as real gets one per budget."""
+    assert quick["tables"]["Real LLMs against seeded TPE and CMA-ES"]["rows"] == []
+    monkeypatch.syspath_prepend(str(BENCH))
+    from quality.problems import PROBLEMS
+    from quality.report import curves, versus_table
+    from quality.runner import Job, Run
+
+    runs = {}
+    for m in ("tpe", "propose/adversarial"):
+        for seed in range(3):
+            job = Job("digits_mlp", m, seed, 10)
+            runs[job] = Run.load(job.path(quick["out"]))
+    all_curves, _ = curves({"digits_mlp": PROBLEMS["digits_mlp"]()},
+                           {"tpe": False, "propose/adversarial": True}, runs)
+    table = versus_table(all_curves, [5, 10], scripted=[])
+    rows = [dict(zip(table.columns, row, strict=True)) for row in table.rows]
+    assert [(r["method"], r["budget"]) for r in rows] == [("propose/adversarial", "5"),
+                                                          ("propose/adversarial", "10")]
+    regret = {(r["method"], int(r["budget"])): r["regret"]
+              for r in _rows(quick["tables"]["Search quality"])
+              if r["problem"] == "digits_mlp"}
+    for r in rows:
+        assert r["regret [CI]"].split()[0] == regret[("propose/adversarial", int(r["budget"]))]
+        assert r["tpe"] == regret[("tpe", int(r["budget"]))]
+        assert r["tpe_seeded"] == "-" and r["cmaes"] == "-"  # not in the quick run
+
+
 def test_a_rerun_reuses_the_runs_on_disk(quick: dict[str, Any], tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH / "bench_quality.py"), "--quick", "--problems",
@@ -153,3 +226,18 @@ def test_bad_arguments_exit_with_one_line(tmp_path: Path) -> None:
         )
         assert proc.returncode == 2, proc.stderr
         assert word in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_docs_without_the_block_exit_before_any_run(tmp_path: Path) -> None:
+    doc = BENCH.parent / "docs" / "benchmarks.md"
+    before = doc.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_quality.py"), "--quick", "--docs", "--docs-block",
+         "no_such_block", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "<!-- no_such_block:begin -->" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert doc.read_bytes() == before
