@@ -29,6 +29,10 @@ class ParamSpec:
     # one of the values ``condition[1]`` (compared as strings), e.g. ("model", ("mlp",)).
     # None: always active.
     condition: tuple[str, tuple[str, ...]] | None = None
+    # The config's own default when it lay outside ``distribution``: ``default`` is then its
+    # clamped value, and the baseline trial records the parameter as ``clamped``. None: the
+    # default is the config's value as it is.
+    configured_default: Any = None
 
     def to_prompt_dict(self) -> dict[str, Any]:
         """A JSON-able description for prompts (bounds, scale, choices, default)."""

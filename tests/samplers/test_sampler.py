@@ -169,6 +169,20 @@ def test_baseline_clamps_defaults_and_samples_missing_ones(tmp_path: Path) -> No
     }
 
 
+def test_baseline_says_when_the_sweep_clamped_a_default(tmp_path: Path) -> None:
+    # the sweep's plan clamps a default outside its range and keeps the config's value
+    space = [ParamSpec("lr", DISTS["lr"], default=0.1, configured_default=5.0),
+             ParamSpec("layers", DISTS["layers"], default=2),
+             ParamSpec("act", DISTS["act"], default="relu")]
+    study = new_study(LLMSampler(search_space=space, seed=0), tmp_path)
+    run(study, 1)
+    t = study.trials[0]
+    assert t.params["lr"] == pytest.approx(0.1)
+    assert t.user_attrs["hpo:param_sources"] == {
+        "lr": "clamped", "layers": "baseline", "act": "baseline"}
+    assert "clamped into its range for lr" in t.user_attrs["hpo:rationale"]
+
+
 def test_batch_of_four_asks_costs_one_request(llm_env: FakeLLMServer, tmp_path: Path) -> None:
     sampler = LLMSampler(
         chain=make_chain(), search_space=SPACE, baseline=False, batch_size=4,

@@ -33,7 +33,7 @@ def test_a_default_outside_its_range_is_clamped_with_one_warning(
     with caplog.at_level(logging.WARNING):
         plan = plan_of("optimizer.lr=interval(0, 1)", config=config)
     (spec,) = plan.space
-    assert spec.default == 1.0
+    assert spec.default == 1.0 and spec.configured_default == 5.0  # the baseline says so
     (line,) = [r.getMessage() for r in caplog.records if "outside" in r.getMessage()]
     assert line.startswith("the default of optimizer.lr (5.0) is outside FloatDistribution(")
     assert "the baseline trial uses 1.0 (clamped)" in line

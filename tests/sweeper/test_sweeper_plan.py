@@ -236,10 +236,10 @@ def test_the_dry_run_prints_the_plan_and_writes_nothing(
     out = capsys.readouterr().out
     assert not db.exists()  # a study that does not exist yet is not created
     assert len(batch) == 2 and all(b[0] == "seed=7" for b in batch)
-    assert "DRY RUN: study 'hpo' holds 0 trial(s) of n_trials=5" in out
+    assert f"DRY RUN: study {plan.study_name!r} holds 0 trial(s) of n_trials=5" in out
     assert f"  trial 1: {' '.join(batch[1])}" in out and "sbatch" not in out
     # a study in storage: the dry run starts after its trials, within the budget
-    study = optuna.create_study(study_name="hpo", storage=f"sqlite:///{db}")
+    study = optuna.create_study(study_name=plan.study_name, storage=f"sqlite:///{db}")
     for lr in (0.1, 0.2, 0.3, 0.4):
         study.enqueue_trial({"optimizer.lr": lr, "model": "mlp"})
         trial = study.ask(plan.distributions)

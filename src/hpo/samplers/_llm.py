@@ -698,7 +698,9 @@ class LLMSampler(BaseSampler):
                 continue
             if check_value(dist, spec.default) is None:
                 values[name] = normalize(dist, spec.default)
-                sources[name] = "baseline"
+                # clamped by the sweep's plan (which said so once): the config's value was
+                # outside the range
+                sources[name] = "baseline" if spec.configured_default is None else "clamped"
                 continue
             clamped = clamp_value(dist, spec.default)
             if clamped is not None and check_value(dist, clamped) is None:
@@ -722,10 +724,12 @@ class LLMSampler(BaseSampler):
                 sources[name] = "fallback"
         if not values:
             return None
-        attrs: dict[str, Any] = {
-            SOURCE: "baseline",
-            RATIONALE: "Baseline: the configured default of each parameter.",
-        }
+        clamped = [n for n, s in sources.items() if s == "clamped"]
+        rationale = "Baseline: the configured default of each parameter."
+        if clamped:
+            rationale = ("Baseline: the configured default of each parameter, clamped into its "
+                         f"range for {', '.join(clamped)}.")
+        attrs: dict[str, Any] = {SOURCE: "baseline", RATIONALE: rationale}
         if len(set(sources.values())) > 1:
             attrs[PARAM_SOURCES] = sources
         self._set_trial_attrs(study, trial, attrs)

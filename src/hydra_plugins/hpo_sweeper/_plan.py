@@ -11,6 +11,7 @@ from ``OmegaConf.create(...)``. What the plan knows is all the rest of the sweep
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import re
@@ -581,18 +582,21 @@ def param_specs(
                                        throw_on_resolution_failure=False)
             if isinstance(default, DictConfig | list) or OmegaConf.is_config(default):
                 default = None
+        configured = None
         if default is not None and check_value(dist, default) is not None:
             clamped = clamp_value(dist, default)
             if clamped is not None and not isinstance(dist, CategoricalDistribution):
                 log.warning("the default of %s (%s) is outside %s: the baseline trial uses %s "
                             "(clamped); change the default or widen the range to try it as it "
                             "is", p.name, default, dist, clamped)
+                configured = default
             default = clamped if clamped is not None else None
         if default is not None and isinstance(dist, CategoricalDistribution):
             # group choices come back as strings; match the declared choice's type
             default = next((c for c in dist.choices if str(c) == str(default)), None)
         specs.append(ParamSpec(name=p.name, distribution=dist, default=default,
-                               description=str(descriptions.get(p.name, ""))))
+                               description=str(descriptions.get(p.name, "")),
+                               configured_default=configured))
     return specs
 
 
@@ -615,12 +619,8 @@ def with_conditions(specs: list[ParamSpec], conditions: Mapping[str, str]) -> li
             )
         parsed[param] = (other, tuple(sorted({v.strip() for v in values.split(",")
                                               if v.strip()})))
-    return [
-        ParamSpec(name=s.name, distribution=s.distribution, default=s.default,
-                  description=s.description, condition=parsed[s.name])
-        if s.name in parsed else s
-        for s in specs
-    ]
+    return [dataclasses.replace(s, condition=parsed[s.name]) if s.name in parsed else s
+            for s in specs]
 
 
 def objectives(config: DictConfig, directions: Sequence[str]) -> list[str]:
