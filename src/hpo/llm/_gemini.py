@@ -17,7 +17,7 @@ from hpo.llm._forms import schema_hint
 from hpo.llm._openai import OpenAIClient
 from hpo.llm._transport import CallScope
 from hpo.llm.base import Completion, LLMError, LLMMalformedReply, LLMModelNotFound, LLMRefusal, T
-from hpo.llm.errors import map_sdk_error, safe_cause, scrub
+from hpo.llm.errors import safe_cause, scrub
 
 __all__ = ["GEMINI_NATIVE_BASE_URL", "NATIVE_BASE_URL_ENV", "GeminiClient"]
 
@@ -105,11 +105,7 @@ class GeminiClient(OpenAIClient):
     def _native_error(
         self, exc: openai.OpenAIError, scope: CallScope, body: dict[str, Any]
     ) -> LLMError:
-        err = map_sdk_error(
-            exc, openai, provider=self.provider, model=self.model, secrets=(self._secret,),
-            api_key_env=self._api_key_env,
-        )
-        err.request = scope.last_body or body
+        err = self._mapped(exc, scope, body)
         if isinstance(err, LLMModelNotFound):
             err.fix = (
                 f"set agent.model to a Gemini model with Google Search grounding, or check "
