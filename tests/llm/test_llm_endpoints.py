@@ -297,7 +297,7 @@ def test_anthropic_web_search(servers: tuple[FakeLLMServer, ...]) -> None:
     assert done.reply.remedies
 
 
-@pytest.mark.parametrize("preset", ["gemini", "deepseek", "local", "openrouter"])
+@pytest.mark.parametrize("preset", ["deepseek", "local", "openrouter"])
 def test_providers_without_web_search_say_so(
     clean_env: pytest.MonkeyPatch, preset: str
 ) -> None:

@@ -289,14 +289,21 @@ class OpenAIClient(ClientBase):
                 err.request = scope.last_body or body
                 raise err from None
 
-    def _error(
-        self, exc: openai.OpenAIError, scope: CallScope, body: dict[str, Any], form: str
+    def _mapped(
+        self, exc: openai.OpenAIError, scope: CallScope, body: dict[str, Any]
     ) -> LLMError:
+        """``exc`` as an ``LLMError`` carrying the request that failed."""
         err = map_sdk_error(
             exc, openai, provider=self.provider, model=self.model, secrets=(self._secret,),
             api_key_env=self._api_key_env,
         )
         err.request = scope.last_body or body
+        return err
+
+    def _error(
+        self, exc: openai.OpenAIError, scope: CallScope, body: dict[str, Any], form: str
+    ) -> LLMError:
+        err = self._mapped(exc, scope, body)
         if isinstance(err, LLMModelNotFound):
             return self._model_not_found(err, scope)
         return self._form_rejected(err, getattr(exc, "status_code", None), error_text(exc), form)

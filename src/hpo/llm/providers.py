@@ -37,7 +37,8 @@ class ProviderPreset:
 
     Attributes:
         name: Preset name, as in ``agent.provider`` (``claude``, ``openai``, ...).
-        kind: Which SDK speaks to it: ``"anthropic"`` or ``"openai"`` (OpenAI-compatible).
+        kind: Which client speaks to it: ``"anthropic"``, ``"openai"`` (OpenAI-compatible) or
+            ``"gemini"`` (OpenAI-compatible, web search through Gemini's native API).
         model: Default model.
         api_key_env: Environment variable holding the key.
         base_url: Default endpoint.
@@ -46,12 +47,12 @@ class ProviderPreset:
         key_required: Whether a missing key is an error (``False`` for local servers).
         model_env: Environment variable that overrides the default model, if any.
         max_tokens_param: Request field of the token cap (OpenAI-compatible kinds only).
-        server_tools: Server-side tools of the endpoint (OpenAI-compatible kinds; Anthropic's
-            client lists its own).
+        server_tools: Server-side tools of the endpoint (``openai`` kind; the Anthropic and
+            Gemini clients list their own).
     """
 
     name: str
-    kind: Literal["anthropic", "openai"]
+    kind: Literal["anthropic", "openai", "gemini"]
     model: str
     api_key_env: str
     base_url: str | None = None
@@ -96,7 +97,7 @@ PRESETS: dict[str, ProviderPreset] = {
         ),
         ProviderPreset(
             name="gemini",
-            kind="openai",
+            kind="gemini",  # web search: native generateContent (HPO_GEMINI_NATIVE_BASE_URL)
             model="gemini-2.0-flash",
             api_key_env="GEMINI_API_KEY",
             base_url="https://generativelanguage.googleapis.com/v1beta/openai/",
@@ -305,6 +306,10 @@ def make_client(
             from hpo.llm._anthropic import AnthropicClient
 
             return AnthropicClient(**common)
+        if preset.kind == "gemini":
+            from hpo.llm._gemini import GeminiClient
+
+            return GeminiClient(**common, max_tokens_param=preset.max_tokens_param)
         from hpo.llm._openai import OpenAIClient
 
         return OpenAIClient(

@@ -26,6 +26,8 @@ the JSON); ``model`` names the model every reply claims (a server's own alias);
 stalled and huge replies. :attr:`FakeLLMServer.active` and :attr:`FakeLLMServer.disconnects`
 tell whether a client gave up on a reply. ``POST /v1/responses`` speaks OpenAI's Responses API
 (web search included: the fake reports one search and answers without searching).
+``POST /v1beta/models/{model}:generateContent`` speaks Gemini's native API (with the
+``google_search`` tool the reply carries ``groundingMetadata`` naming two fake web sources).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
 __all__ = [
+    "FAKE_WEB_SOURCES",
     "FakeLLMServer",
     "FakeReply",
     "RecordedRequest",
@@ -63,6 +66,14 @@ logger = logging.getLogger(__name__)
 _SECRET_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 _SEARCH_SPACE = re.compile(r"<search_space>(.*?)</search_space>", re.DOTALL)
 _N_PROPOSALS = re.compile(r"<n_proposals>\s*(\d+)\s*</n_proposals>")
+_GEMINI_PATH = re.compile(r"/v1beta/models/([^/:]+):generateContent$")
+# The web sources every grounded Gemini reply of the fake names.
+FAKE_WEB_SOURCES = (
+    ("https://example.org/fake-tuning-guide", "Fake tuning guide"),
+    ("https://example.org/fake-learning-rate-notes", "Fake learning rate notes"),
+)
+
+Kind = Literal["openai", "anthropic", "gemini"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,8 @@ class RecordedRequest:
     """One request the server received.
 
     Attributes:
-        kind: ``"openai"`` (chat completions, responses) or ``"anthropic"`` (messages).
+        kind: ``"openai"`` (chat completions, responses), ``"anthropic"`` (messages) or
+            ``"gemini"`` (native ``generateContent``).
         path: The request path.
         headers: Request headers, lower-case names, raw (auth headers included; see
             :meth:`redacted`).
@@ -90,7 +102,7 @@ class RecordedRequest:
         server_tools: Server-side tools asked for (``"web_search"``).
     """
 
-    kind: Literal["openai", "anthropic"]
+    kind: Kind
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
@@ -103,15 +115,19 @@ class RecordedRequest:
     server_tools: tuple[str, ...] = ()
 
     @property
-    def api(self) -> Literal["chat", "messages", "responses"]:
+    def api(self) -> Literal["chat", "messages", "responses", "generate_content"]:
         """Which API the request used."""
         if self.kind == "anthropic":
             return "messages"
+        if self.kind == "gemini":
+            return "generate_content"
         return "responses" if self.path.endswith("/responses") else "chat"
 
     @property
     def form(self) -> str:
         """The structured-output form of the request: json_schema | json_object | tool | none."""
+        if self.kind == "gemini":
+            return "none"  # the schema rides in the system text
         if self.api == "responses":
             fmt = ((self.body.get("text") or {}).get("format") or {}).get("type")
             return str(fmt) if fmt in ("json_schema", "json_object") else "none"
@@ -125,14 +141,17 @@ class RecordedRequest:
 
     @property
     def model(self) -> str:
-        """The model the client asked for."""
-        return str(self.body.get("model", ""))
+        """The model the client asked for (Gemini's native API names it in the path)."""
+        found = _GEMINI_PATH.search(self.path) if self.kind == "gemini" else None
+        return found.group(1) if found else str(self.body.get("model", ""))
 
     @property
     def api_key(self) -> str | None:
-        """The key the client sent (``x-api-key`` or ``Authorization: Bearer``)."""
-        if "x-api-key" in self.headers:
-            return self.headers["x-api-key"]
+        """The key the client sent (``x-api-key``, ``x-goog-api-key`` or
+        ``Authorization: Bearer``)."""
+        for name in ("x-api-key", "x-goog-api-key"):
+            if name in self.headers:
+                return self.headers[name]
         auth = self.headers.get("authorization", "")
         return auth[7:] if auth.lower().startswith("bearer ") else (auth or None)
 
@@ -549,7 +568,7 @@ def _picked_tool(body: dict[str, Any], kind: str) -> tuple[str | None, dict[str,
 
 
 def _record(
-    kind: Literal["openai", "anthropic"],
+    kind: Kind,
     path: str,
     headers: dict[str, str],
     body: dict[str, Any],
@@ -564,6 +583,13 @@ def _record(
         messages = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else (
             raw_input or [])
         system_parts.append(_text_of(body.get("instructions")))
+    if kind == "gemini":
+        messages = [
+            {"role": "user" if c.get("role", "user") == "user" else "assistant",
+             "content": c.get("parts")}
+            for c in body.get("contents") or [] if isinstance(c, dict)
+        ]
+        system_parts.append(_text_of((body.get("systemInstruction") or {}).get("parts")))
     for m in messages:
         if not isinstance(m, dict):
             continue
@@ -581,13 +607,14 @@ def _record(
     tool_name: str | None = None
     server_tools = tuple(
         "web_search" for t in body.get("tools") or []
-        if isinstance(t, dict) and str(t.get("type", "")).startswith("web_search")
+        if isinstance(t, dict) and (str(t.get("type", "")).startswith("web_search")
+                                    or "google_search" in t or "googleSearch" in t)
     )
     if path.endswith("/responses"):
         fmt = (body.get("text") or {}).get("format") or {}
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             schema = fmt.get("schema")
-    else:
+    elif kind != "gemini":
         tool_name, schema = _picked_tool(body, kind)
     fmt = body.get("response_format") if kind == "openai" else None
     if isinstance(fmt, dict) and flavor != "ignores_response_format" and schema is None:
@@ -627,7 +654,21 @@ _ANTHROPIC_ERROR_TYPES = {
 }
 
 
+# google.rpc status names of Gemini's native error bodies.
+_GEMINI_ERROR_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+}
+
+
 def _error_body(kind: str, status: int, message: str) -> dict[str, Any]:
+    if kind == "gemini":
+        return {"error": {"code": status, "message": message,
+                          "status": _GEMINI_ERROR_STATUS.get(status, "INTERNAL")}}
     if kind == "anthropic":
         etype = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
         return {"type": "error", "error": {"type": etype, "message": message}}
@@ -685,9 +726,44 @@ def _responses_body(req: RecordedRequest, reply: FakeReply, model: str) -> dict[
     }
 
 
+def _gemini_body(req: RecordedRequest, reply: FakeReply, model: str) -> dict[str, Any]:
+    """A Gemini ``generateContent`` reply, grounded in fake web sources when
+    ``google_search`` was offered."""
+    text = reply.refusal if reply.refusal is not None else (
+        reply.text if reply.text is not None else (
+            json.dumps(reply.json_obj) if reply.json_obj is not None else ""))
+    finish = reply.stop_reason or ("SAFETY" if reply.refusal is not None else "STOP")
+    candidate: dict[str, Any] = {
+        "content": {"role": "model", "parts": [{"text": text}]},
+        "finishReason": finish,
+        "index": 0,
+    }
+    if req.server_tools:
+        candidate["groundingMetadata"] = {
+            "webSearchQueries": ["fake search"],
+            "groundingChunks": [{"web": {"uri": uri, "title": title}}
+                                for uri, title in FAKE_WEB_SOURCES],
+            "groundingSupports": [{
+                "segment": {"startIndex": 0, "endIndex": min(len(text), 10), "text": text[:10]},
+                "groundingChunkIndices": [0, 1],
+            }],
+        }
+    tin, tout = reply.usage or (_estimate_tokens(req.system + req.messages_text),
+                                _estimate_tokens(text))
+    return {
+        "candidates": [candidate],
+        "usageMetadata": {"promptTokenCount": tin, "candidatesTokenCount": tout,
+                          "totalTokenCount": tin + tout},
+        "modelVersion": model,
+        "responseId": uuid.uuid4().hex[:22],
+    }
+
+
 def _success_body(req: RecordedRequest, reply: FakeReply, model: str) -> dict[str, Any]:
     if req.api == "responses":
         return _responses_body(req, reply, model)
+    if req.kind == "gemini":
+        return _gemini_body(req, reply, model)
     prompt_text = req.system + req.messages_text
     if req.kind == "anthropic":
         blocks: list[dict[str, Any]]
@@ -910,9 +986,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         raw = self._read_body()
         path = self.path.split("?", 1)[0].rstrip("/")
-        kind: Literal["openai", "anthropic"]
+        kind: Kind
         if path.endswith(("/chat/completions", "/responses")):
             kind = "openai"
+        elif _GEMINI_PATH.search(path):
+            kind = "gemini"
         elif path.endswith("/messages"):
             kind = "anthropic"
         else:
@@ -979,7 +1057,9 @@ class FakeLLMServer:
     """A real HTTP server on 127.0.0.1 that imitates the OpenAI and Anthropic APIs.
 
     Routes: ``POST /v1/chat/completions`` and ``POST /v1/responses`` (OpenAI),
-    ``POST /v1/messages`` (Anthropic); ``GET /v1/models`` lists the served models. Every
+    ``POST /v1/messages`` (Anthropic), ``POST /v1beta/models/{model}:generateContent``
+    (Gemini's native API, see :attr:`gemini_native_base_url`); ``GET /v1/models`` lists the
+    served models. Every
     request is recorded in :attr:`requests`. Thread-safe; use as a context manager, or call
     :meth:`start` / :meth:`stop`. ``flavor``, ``model`` and ``served_models`` are attributes
     too (restored by :meth:`reset`).
@@ -1105,6 +1185,12 @@ class FakeLLMServer:
         """Base URL for the Anthropic client (the SDK appends ``/v1/messages``)."""
         return self.url
 
+    @property
+    def gemini_native_base_url(self) -> str:
+        """Base URL of Gemini's native API (``HPO_GEMINI_NATIVE_BASE_URL``; the client appends
+        ``/v1beta/models/{model}:generateContent``)."""
+        return self.url
+
     # -- scripting --------------------------------------------------------------------------
     def script(self, behaviours: Iterable[Behaviour]) -> None:
         """Queue behaviours, consumed one per request, before the responder is asked."""
@@ -1187,10 +1273,11 @@ class FakeLLMServer:
             return len(self._queue)
 
     def calls_by_kind(self) -> dict[str, int]:
-        """Count requests per protocol: ``{"openai": n, "anthropic": m}``."""
+        """Count requests per protocol: ``{"openai": n, "anthropic": m}`` (and ``"gemini"``
+        once a native Gemini request came)."""
         counts = {"openai": 0, "anthropic": 0}
         for req in self.requests:
-            counts[req.kind] += 1
+            counts[req.kind] = counts.get(req.kind, 0) + 1
         return counts
 
     def reset(self) -> None:
