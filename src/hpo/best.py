@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
                         help=f"storage URL (default: {DEFAULT_STORAGE})")
     parser.add_argument("--study", default=None,
-                        help="study name (default: the storage's only study)")
+                        help="study name (default: the storage's only or latest study)")
     parser.add_argument("--trial", type=int, default=None,
                         help="a trial number instead of the best")
     parser.add_argument("--export", default=None, metavar="FILE",
@@ -508,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.export and Path(args.export).suffix != ".yaml":
             raise ConfigError(f"--export {args.export}: name the file <name>.yaml, e.g. "
                               "best.yaml")
-        study = load_existing_study(open_existing(args.storage), args.storage, args.study)
+        study = load_existing_study(open_existing(args.storage), args.storage, args.study,
+                                    latest=True)
         chosen = _pick(study, args.trial)
         app, recorded = study_app(study)
         names = objective_names(study)

@@ -111,7 +111,8 @@ def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
     Raises:
         ConfigError: The storage cannot be opened, or it holds no such study.
     """
-    return load_existing_study(open_existing(storage_url), storage_url, study_name)
+    return load_existing_study(open_existing(storage_url), storage_url, study_name,
+                               latest=True)
 
 
 # ---------------------------------------------------------------------------- leaderboard
@@ -890,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", required=True,
                         help="storage URL, e.g. sqlite:///outputs/hpo.db")
     parser.add_argument("--study", default=None,
-                        help="study name (default: the storage's only study)")
+                        help="study name (default: the storage's only or latest study)")
     parser.add_argument("--out", default="report", help="output directory (default: report)")
     parser.add_argument("--top-k", type=int, default=5,
                         help="trials overlaid in the learning curves (default: 5)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -216,9 +217,24 @@ def open_existing(url: str) -> BaseStorage:
     return storage
 
 
-def load_existing_study(storage: BaseStorage, url: str, name: str | None) -> optuna.Study:
-    """Study ``name`` of ``storage`` (None: its only study); one clear line when absent."""
+def load_existing_study(
+    storage: BaseStorage, url: str, name: str | None, *, latest: bool = False
+) -> optuna.Study:
+    """Study ``name`` of ``storage``; one clear line when absent.
+
+    Args:
+        storage: An open storage.
+        url: Its URL, for messages (redacted).
+        name: The study; None: the storage's only study, or with ``latest`` the one whose
+            last trial started last (one line on stderr names it and the others).
+        latest: Pick the most recent of several studies instead of asking for ``--study``.
+    """
     names = [s.study_name for s in storage.get_all_studies()]
+    if name is None and latest and len(names) > 1:
+        name = _latest(storage, names)
+        others = _names([n for n in names if n != name])
+        sys.stderr.write(f"{len(names)} studies in {redact_url(url)}: showing the latest, "
+                         f"{name!r} (--study NAME for another: {others})\n")
     if name is None:
         if len(names) != 1:
             raise ConfigError(
@@ -231,6 +247,17 @@ def load_existing_study(storage: BaseStorage, url: str, name: str | None) -> opt
             f"study {name!r} is not in storage {redact_url(url)!r}: use one of {_names(names)}"
         )
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def _latest(storage: BaseStorage, names: list[str]) -> str:
+    """The study whose last trial started last (a study with no trial counts as oldest)."""
+
+    def started(name: str) -> float:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+        stamps = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
+        return max(stamps, default=float("-inf"))
+
+    return max(names, key=started)
 
 
 def _names(names: list[str]) -> str:

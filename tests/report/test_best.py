@@ -254,3 +254,14 @@ def test_every_sweep_writes_optimization_results(quadratic_app: str, tmp_path: P
     assert dict(res.best_params) == study.best_trial.params
     assert res.best_value == study.best_value
     assert shlex.split(res.command)[:2] == ["python", quadratic_app]
+
+
+def test_several_studies_show_the_latest_and_name_the_others(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for name, value in (("older", 1.0), ("newer", 2.0)):
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        study.add_trial(create_trial(params={"x": value},
+                                     distributions={"x": FloatDistribution(0, 3)}, value=value))
+    proc = run_cli(["-m", "hpo.best", "--storage", url], cwd=tmp_path)
+    assert "showing the latest, 'newer' (--study NAME for another: 'older')" in proc.stderr
+    assert "2.0" in proc.stdout and "'older'" not in proc.stdout
