@@ -541,7 +541,7 @@ def test_cli_command_line_only(tmp_path: Path) -> None:
          "objective=val/acc"],
         cwd=tmp_path, env=clean_env(), timeout=300,
     )
-    study = optuna.load_study(study_name="command", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
     assert study.metric_names == ["val/acc"]
     for t in study.trials:
         assert t.state.name == "COMPLETE" and 0.0 < t.value <= 1.0
@@ -569,4 +569,10 @@ def test_cli_cv_folds_on_the_command_task(tmp_path: Path) -> None:
     assert per_fold[0] != per_fold[1]  # two different validation folds
     for i in range(2):
         assert t.user_attrs[f"curves_fold_{i}"]["epoch"] == [0, 1]
-    assert "per_class" not in t.user_attrs
+    # the trial's per_class is the mean across folds, its spread beside it (what the analyst
+    # reads as mean ± std per class)
+    mean, std = t.user_attrs["per_class"]["f1"], t.user_attrs["per_class_std"]["f1"]
+    for c in per_fold[0]:
+        pair = [per_fold[0][c], per_fold[1][c]]
+        assert mean[c] == pytest.approx(sum(pair) / 2, abs=1e-6)
+        assert std[c] >= 0 and (std[c] > 0) == (pair[0] != pair[1])

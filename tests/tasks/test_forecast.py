@@ -179,7 +179,7 @@ def test_cli_forecast_sweep(tmp_path: Path) -> None:
          "data.batch_size=16", "trainer.detect_anomaly=false"],
         cwd=tmp_path, env=clean_env(), timeout=600,
     )
-    study = optuna.load_study(study_name="forecast", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
     assert study.direction.name == "MINIMIZE"
     assert study.metric_names == ["val/mse"]
     for t in study.trials:
