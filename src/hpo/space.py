@@ -53,6 +53,19 @@ class ParamSpec:
         return out
 
 
+def step_values(dist: BaseDistribution) -> list[Any] | None:
+    """Every value on the step grid of an int or float range, ends included (floats rounded
+    to 12 places, never above ``high``); None for a distribution without a step."""
+    step = getattr(dist, "step", None)
+    if step is None or not isinstance(dist, IntDistribution | FloatDistribution):
+        return None
+    low, high = dist.low, dist.high
+    count = round((high - low) / step) + 1
+    if isinstance(dist, IntDistribution):
+        return [int(low + i * step) for i in range(count)]
+    return [min(round(low + i * step, 12), high) for i in range(count)]
+
+
 def check_value(dist: BaseDistribution, value: Any) -> str | None:
     """Why ``value`` is not a valid sample of ``dist``, or None when it is."""
     if isinstance(dist, CategoricalDistribution):

@@ -22,7 +22,7 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import BaseModel
 
-from hpo.space import ParamSpec
+from hpo.space import ParamSpec, step_values
 
 __all__ = ["condition_text", "numeric_grid", "param_schema", "params_schema", "reply_schema"]
 
@@ -63,18 +63,13 @@ def numeric_grid(dist: IntDistribution | FloatDistribution, points: int) -> list
     digits but never outside the bounds. A range with few valid values lists them all.
     """
     low, high = dist.low, dist.high
-    step = dist.step
-    if step is not None:
-        count = round((high - low) / step) + 1
-        idx: Sequence[int]
-        if count <= 2 * points:
-            idx = range(count)
-        else:
-            idx = sorted({round(i * (count - 1) / (points - 1)) for i in range(points)})
-        if isinstance(dist, IntDistribution) and not dist.log:
-            return [int(low + i * step) for i in idx]
-        if isinstance(dist, FloatDistribution):
-            return [min(round(low + i * step, 12), high) for i in idx]
+    values = None if isinstance(dist, IntDistribution) and dist.log else step_values(dist)
+    if values is not None:
+        if len(values) <= 2 * points:
+            return values
+        count = len(values)
+        return [values[i] for i in sorted({round(i * (count - 1) / (points - 1))
+                                           for i in range(points)})]
     if dist.log:
         lo, hi = math.log(low), math.log(high)
         raw = [math.exp(lo + (hi - lo) * i / (points - 1)) for i in range(points)]

@@ -20,11 +20,12 @@ from typing import Any
 import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import attrs, trial_context
 from hpo.errors import ConfigError, first_line
+from hpo.space import step_values
 from hpo.storage import open_storage, redact_url
 
 from ._plan import SweepPlan
@@ -107,14 +108,7 @@ def grid_values(dist: BaseDistribution) -> list[Any] | None:
     float interval without a step."""
     if isinstance(dist, CategoricalDistribution):
         return list(dist.choices)
-    step = getattr(dist, "step", None)
-    if step is None:
-        return None
-    low, high = dist.low, dist.high  # type: ignore[attr-defined]
-    count = round((high - low) / step) + 1
-    values = [low + i * step for i in range(count)]
-    return [int(v) for v in values] if isinstance(dist, IntDistribution) else [
-        round(v, 12) for v in values]
+    return step_values(dist)
 
 
 def _as_sampler(obj: Any, name: str) -> optuna.samplers.BaseSampler:
