@@ -21,8 +21,9 @@ import random
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -30,6 +31,7 @@ from optuna.storages import BaseStorage
 from hpo.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JOURNAL_PREFIX = "journal://"
 SQLITE_PREFIX = "sqlite:///"
@@ -145,20 +147,35 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any]) -> BaseStorage:
     # duplicate tables, unique violations, an alembic_version another process has not stamped
     # yet (Optuna asserts on it). The losers retry after a pause; errors that no retry can
     # mend (no server, wrong credentials, missing driver or database) fail at once.
-    for attempt in range(6):
+    def mendable(exc: Exception) -> bool:
+        text = f"{type(exc).__name__} {exc}".lower()
+        return not isinstance(exc, ImportError) and not any(k in text for k in (
+            "could not connect", "connection refused", "could not translate host",
+            "authentication failed", "password", "does not exist", "unable to open",
+            "no such host", "timeout expired", "permission denied",
+        ))
+
+    return retrying(
+        lambda: optuna.storages.RDBStorage(url, engine_kwargs=dict(engine_kwargs)),
+        retry_if=mendable,
+        delays=(0.2 + random.random() * 0.5 * (attempt + 1) for attempt in range(5)),
+    )
+
+
+def retrying(call: Callable[[], T], *, retry_if: Callable[[Exception], bool],
+             delays: Iterable[float], sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, tried again after each of ``delays`` while it raises an error that
+    ``retry_if`` accepts; an error it refuses, or the last try's, is raised."""
+    for delay in delays:
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=dict(engine_kwargs))
+            return call()
         except Exception as exc:
-            text = f"{type(exc).__name__} {exc}".lower()
-            final = isinstance(exc, ImportError) or any(k in text for k in (
-                "could not connect", "connection refused", "could not translate host",
-                "authentication failed", "password", "does not exist", "unable to open",
-                "no such host", "timeout expired", "permission denied",
-            ))
-            if final or attempt == 5:
+            if not retry_if(exc):
                 raise
-            time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+            log.debug("storage busy (%s): retrying in %.1f s", first_line(exc, default=""),
+                      delay)
+            sleep(delay)
+    return call()
 
 
 def redact_url(url: str) -> str:

@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import HPOError
+from hpo.storage import retrying
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,8 @@ def with_retries(call: Callable[[], T], *, attempts: int = 6, first_delay_s: flo
                  sleep: Callable[[float], None] = time.sleep) -> T:
     """``call()``, retried on a transient storage error with exponential backoff (0.2 s,
     0.4 s, ... ``attempts`` tries in all); the last error is raised."""
-    delay = first_delay_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            log.debug("storage busy (%s): retrying in %.1f s", exc, delay)
-            sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    return retrying(call, retry_if=is_transient, sleep=sleep,
+                    delays=(first_delay_s * 2**k for k in range(attempts - 1)))
 
 
 def save_unreported(where: Path, record: Mapping[str, Any]) -> Path | None:
