@@ -9,6 +9,7 @@ sweeps use a job name of their own so that squeue/sacct tell their jobs from oth
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -404,7 +405,7 @@ def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_s
     slurm_cluster, tmp_path: Path, stop: list[str]
 ) -> None:
     name = job_name()
-    args = quad_args(tmp_path, "x=interval(-5, 5)", "sleep=3", "hydra.sweeper.n_trials=3",
+    args = quad_args(tmp_path, "x=interval(-5, 5)", "sleep=8", "hydra.sweeper.n_trials=3",
                      "hydra.sweeper.detach=true",
                      f"hydra.sweeper.driver_sbatch={{partition: {slurm_cluster.partition}, "
                      "mem: 1G}",
@@ -416,12 +417,13 @@ def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_s
     driver = head.split()[5]
     log = tmp_path / "multirun" / "quadratic" / f"driver-{driver}.log"
     assert f"log:    {log}" in out
-    # the driver job runs the sweep; preempt it (requeue) once a trial's job runs
-    wait_for("the driver's first trial job", lambda: squeue(name, "RUNNING"))
+    # the driver job runs the sweep (status says so); preempt it (requeue) as soon as its first
+    # trial's job runs, so that the signal finds that trial in flight (each trial sleeps 8 s)
     line = wait_for("status to show the driver running",
                     lambda: (ln := driver_line(tmp_path)).startswith(
                         f"driver: SLURM job {driver} running") and ln)
     assert f"log {log}" in line
+    wait_for("the driver's first trial job", lambda: squeue(name, "RUNNING"))
     subprocess.run([*stop, driver], check=True, timeout=30)
     wait_for("the driver job to end", lambda: sacct_until_final([driver], timeout=1).get(
         driver) == "COMPLETED" and not squeue(name), timeout=150)
@@ -431,7 +433,9 @@ def test_a_detached_driver_runs_as_a_slurm_job_survives_a_requeue_and_shows_in_s
     assert len(ids) == 3 and jobs_named(name) == set(ids)  # nothing ran twice
     text = log.read_text()
     assert "run 2" in text  # the requeued run of the same job
-    assert "interrupted: 0 finished, 1 in flight; rerun the same command to resume" in text
+    # the signal finds one trial in flight (0 finished, or 1 when the status call was slow)
+    assert re.search(r"interrupted: [01] finished, 1 in flight; rerun the same command to "
+                     r"resume", text), text[-3000:]
     assert "1 re-attached" in text
     assert driver_line(tmp_path).startswith(
         f"driver: SLURM job {driver} ended COMPLETED"), status_text(tmp_path)
