@@ -50,6 +50,36 @@ def run_cli(
     return proc
 
 
+def run_cli_batch(
+    runs: Sequence[tuple[Sequence[str], Path, dict[str, str] | None]],
+    *,
+    timeout: float = 600,
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run several ``python <args>`` command lines, each in its cwd and env, in ONE process.
+
+    For command lines that end quickly (bad input, ``--help``, ``--cfg``): the stack is imported
+    once instead of once per command (~10 s each). ``tests/apps/cli_batch.py`` gives each run its
+    own cwd, environment, argv and fd-level stdout/stderr, and the exit code python would give.
+    """
+    import json
+    import tempfile
+
+    spec = [{"argv": list(args), "cwd": str(cwd), "env": env or clean_env()}
+            for args, cwd, env in runs]
+    with tempfile.TemporaryDirectory(prefix="hpo-batch-") as tmp:
+        src, dst = Path(tmp) / "runs.json", Path(tmp) / "results.json"
+        src.write_text(json.dumps(spec))
+        proc = subprocess.run([sys.executable, str(APPS / "cli_batch.py"), str(src), str(dst)],
+                              env=clean_env(), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not dst.exists():
+            pytest.fail(f"the batch of {len(spec)} command lines failed (exit "
+                        f"{proc.returncode})\n--- stderr\n{proc.stderr[-6000:]}")
+        results = json.loads(dst.read_text())
+    return [subprocess.CompletedProcess([sys.executable, *run["argv"]], r["returncode"],
+                                        r["stdout"], r["stderr"])
+            for run, r in zip(spec, results, strict=True)]
+
+
 @pytest.fixture
 def quadratic_app() -> str:
     """Path of a plain Hydra app (no hpo config) that selects hydra/sweeper=hpo."""

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env, run_cli
+from conftest import clean_env, run_cli, run_cli_batch
 
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."
 
 
-def sweep(tmp_path: Path, *overrides: str, env: dict[str, str] | None = None,
-          storage: bool = True) -> tuple[int, str, str]:
-    args = ["-m", "hpo.train", "-m", "trainer=debug", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    if storage:
-        args.append(f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}")
-    proc = run_cli([*args, *overrides], cwd=tmp_path, env=env or clean_env(), check=False,
-                   timeout=300)
+def sweep_args(tmp_path: Path, *overrides: str) -> list[str]:
+    return ["-m", "hpo.train", "-m", "trainer=debug", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}", *overrides]
+
+
+def sweep(tmp_path: Path, *overrides: str) -> tuple[int, str, str]:
+    proc = run_cli(sweep_args(tmp_path, *overrides), cwd=tmp_path, check=False, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -56,7 +56,7 @@ KEY = "sk-test-bad-input-0123456789"
 
 
 def case(overrides: list[str], needle: str, id: str, *, key: bool = False) -> object:
-    return pytest.param(overrides, needle, key, id=id)
+    return pytest.param(id, overrides, needle, key, id=id)
 
 
 CASES = [
@@ -90,12 +90,27 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "needle", "key"), CASES)
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, int, str]]:
+    """Every case of CASES as its own ``python -m hpo.train -m`` command line, all in one
+    process (tests/apps/cli_batch.py): each fails before any trial, so importing the stack
+    once per case would be most of the time."""
+    runs, dirs = [], {}
+    for param in CASES:
+        case_id, overrides, _, key = param.values  # type: ignore[attr-defined]
+        tmp = dirs[case_id] = tmp_path_factory.mktemp(case_id)
+        runs.append((sweep_args(tmp, *overrides), tmp,
+                     clean_env(OPENAI_API_KEY=KEY) if key else None))
+    done = run_cli_batch(runs)
+    return {cid: (dirs[cid], p.returncode, p.stderr) for cid, p in zip(dirs, done, strict=True)}
+
+
+@pytest.mark.parametrize(("case_id", "overrides", "needle", "key"), CASES)
 def test_bad_input_is_one_line_nonzero_and_stores_nothing(
-    tmp_path: Path, overrides: list[str], needle: str, key: bool
+    bad_runs: dict[str, tuple[Path, int, str]], case_id: str, overrides: list[str], needle: str,
+    key: bool
 ) -> None:
-    code, _, stderr = sweep(tmp_path, *overrides,
-                            env=clean_env(OPENAI_API_KEY=KEY) if key else None)
+    tmp_path, code, stderr = bad_runs[case_id]
     assert code != 0
     assert "Traceback" not in stderr
     lines = error_lines(stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, clean_env, run_cli
+from conftest import REPO_ROOT, clean_env, run_cli_batch
 
 # the pages in the README's order (its "Docs:" line), the README first
 PAGES = ("README.md", "docs/quickstart.md", "docs/your-project.md", "docs/configuration.md",
@@ -138,17 +138,19 @@ def test_pages_yield_the_commands_a_reader_sees() -> None:
 
 @pytest.mark.slow
 def test_docs_commands_run_in_order_in_one_folder(tmp_path: Path) -> None:
+    """The commands run one after the other in one Python process (tests/apps/cli_batch.py:
+    each with its own argv, environment and output, as a fresh ``python`` would; the stack is
+    imported once instead of once per command)."""
     env = clean_env(PYTHONPATH=str(REPO_ROOT / "src"))
+    commands = [cmd for page in PAGES for cmd in page_commands(page) if not skip_reason(cmd)]
+    done = run_cli_batch([(shrink(cmd.argv)[1:], tmp_path, env) for cmd in commands],
+                         timeout=1800)
     ran: list[str] = []
-    for page in PAGES:
-        for cmd in page_commands(page):
-            if skip_reason(cmd):
-                continue
-            proc = run_cli(shrink(cmd.argv)[1:], cwd=tmp_path, env=env, check=False)
-            if proc.returncode != 0:
-                output = proc.stdout[-2000:] + proc.stderr[-3000:]
-                kind = StudyClash if CLASH in output else AssertionError
-                raise kind(f"{cmd} failed (exit {proc.returncode}) after "
-                           f"{len(ran)} commands ran:\n" + "\n".join(ran) + f"\n---\n{output}")
-            ran.append(str(cmd))
+    for cmd, proc in zip(commands, done, strict=True):
+        if proc.returncode != 0:
+            output = proc.stdout[-2000:] + proc.stderr[-3000:]
+            kind = StudyClash if CLASH in output else AssertionError
+            raise kind(f"{cmd} failed (exit {proc.returncode}) after "
+                       f"{len(ran)} commands ran:\n" + "\n".join(ran) + f"\n---\n{output}")
+        ran.append(str(cmd))
     assert len(ran) >= 10, ran

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import clean_env, run_cli
+from conftest import clean_env, run_cli, run_cli_batch
 from hpo import attrs
 from hpo.best import RESULTS_FILE, App, app_of, export_config, results, write_results
 from hpo.errors import ConfigError
@@ -205,7 +206,7 @@ def _storage_with_empty_study(tmp_path: Path) -> str:
     return url
 
 
-@pytest.mark.parametrize(("args", "message"), [
+BAD_INPUT = [
     (["--storage", "sqlite:///{tmp}/missing.db"], "does not exist"),
     (["--storage", "nosuch://x"], "cannot"),
     (["--storage", "{empty}", "--study", "other"], "study 'other' is not in storage"),
@@ -214,14 +215,31 @@ def _storage_with_empty_study(tmp_path: Path) -> str:
     (["--storage", "{mo}", "--trial", "3", "--export", "{tmp}/out/train.yaml"],
      "named like the app's config"),
     (["--storage", "{mo}", "--export", "{tmp}/out/best.txt"], "name the file <name>.yaml"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str],
-                                                  message: str) -> None:
-    values = {"tmp": str(tmp_path), "empty": _storage_with_empty_study(tmp_path),
-              "mo": f"sqlite:///{tmp_path / 'mo.db'}"}
-    _multi_study(values["mo"])
-    proc = run_cli(["-m", "hpo.best", *(a.format(**values) for a in args)], cwd=tmp_path,
-                   check=False)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Each bad command line of ``python -m hpo.best`` in its own folder, all in one process
+    (tests/apps/cli_batch.py)."""
+    runs, dirs = [], {}
+    for args, _ in BAD_INPUT:
+        tmp = dirs[" ".join(args)] = tmp_path_factory.mktemp("bad")
+        values = {"tmp": str(tmp), "empty": _storage_with_empty_study(tmp),
+                  "mo": f"sqlite:///{tmp / 'mo.db'}"}
+        _multi_study(values["mo"])
+        runs.append((["-m", "hpo.best", *(a.format(**values) for a in args)], tmp, None))
+    done = run_cli_batch(runs)
+    return {key: (dirs[key], p) for key, p in zip(dirs, done, strict=True)}
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_and_writes_nothing(
+    bad_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], args: list[str],
+    message: str
+) -> None:
+    tmp_path, proc = bad_runs[" ".join(args)]
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

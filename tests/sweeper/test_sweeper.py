@@ -15,7 +15,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import clean_env, run_cli
+from conftest import APPS, clean_env, run_cli, run_cli_batch
 from hpo import attrs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -158,27 +158,36 @@ def test_resume_after_driver_sigkill(quadratic_app: str, tmp_path: Path) -> None
     assert len(counted) == 6
 
 
-@pytest.mark.parametrize(
-    ("override", "needle"),
-    [
-        ("hydra.sweeper.n_trials=0", "n_trials=0 must be an integer >= 1"),
-        ("hydra.sweeper.n_jobs=0", "n_jobs=0 must be an integer >= 1"),
-        ("hydra.sweeper.direction=maximise", "'maximise' is not minimize or maximize"),
-        ("x=interval(5, -5)", "low > high"),
-        ("zz=interval(0, 1)", "unknown parameter path 'zz'"),
-        ("hydra.sweeper.pruner=medain", "pruner='medain' is unknown"),
-        ("hydra.sweeper.storage=notaurl", "is not a URL"),
-        ("hydra.sweeper.storage=postgresql://u@127.0.0.1:1/db", "cannot open storage"),
-    ],
-)
+BAD_INPUT = [
+    ("hydra.sweeper.n_trials=0", "n_trials=0 must be an integer >= 1"),
+    ("hydra.sweeper.n_jobs=0", "n_jobs=0 must be an integer >= 1"),
+    ("hydra.sweeper.direction=maximise", "'maximise' is not minimize or maximize"),
+    ("x=interval(5, -5)", "low > high"),
+    ("zz=interval(0, 1)", "unknown parameter path 'zz'"),
+    ("hydra.sweeper.pruner=medain", "pruner='medain' is unknown"),
+    ("hydra.sweeper.storage=notaurl", "is not a URL"),
+    ("hydra.sweeper.storage=postgresql://u@127.0.0.1:1/db", "cannot open storage"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory
+             ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """Each bad override as its own command line of the quadratic app, all in one process
+    (tests/apps/cli_batch.py): each fails before any trial."""
+    app = str(APPS / "quadratic" / "app.py")
+    dirs = {o: tmp_path_factory.mktemp("bad") for o, _ in BAD_INPUT}
+    done = run_cli_batch([([app, "-m", *SEARCH, f"hydra.sweeper.storage=sqlite:///{d / 's.db'}",
+                            o], d, None) for o, d in dirs.items()], timeout=300)
+    return {o: (dirs[o], p) for o, p in zip(dirs, done, strict=True)}
+
+
+@pytest.mark.parametrize(("override", "needle"), BAD_INPUT)
 def test_bad_input_is_one_line_nonzero_and_stores_nothing(
-    quadratic_app: str, tmp_path: Path, override: str, needle: str
+    bad_runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], override: str,
+    needle: str
 ) -> None:
-    proc = run_cli(
-        [quadratic_app, "-m", *SEARCH, f"hydra.sweeper.storage=sqlite:///{tmp_path / 's.db'}",
-         override],
-        cwd=tmp_path, check=False, timeout=120,
-    )
+    tmp_path, proc = bad_runs[override]
     assert proc.returncode != 0
     assert needle in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
