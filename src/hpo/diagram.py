@@ -14,6 +14,7 @@ with its provenance.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -21,12 +22,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hpo.agents.config import AgentConfig
+from hpo.agents.stages import PRESETS
 from hpo.errors import ConfigError, HPOError
 
 __all__ = ["CHAIN_NAMES", "chain_mermaid", "load_agent_config", "main"]
 
-CHAIN_NAMES = ("single", "diagnose", "consultants", "planner")
+CHAIN_NAMES: tuple[str, ...] = tuple(PRESETS)
 MMDC = "mmdc"
+# what each stage does, as its node says
+_STAGE_TEXT = {
+    "researcher": ("Researcher", "remedies"),
+    "analyst": ("Analyst", "diagnosis; skipped on a conclusive rule verdict"),
+    "proposer": ("Proposer", "proposals + rationale"),
+    "supervisor": ("Supervisor", "decides: proposals + rationale"),
+    "planner": ("Planner", "step small / medium / radical, or stop"),
+}
 
 
 def _label(*lines: str) -> str:
@@ -36,20 +47,19 @@ def _label(*lines: str) -> str:
     return '"' + "<br/>".join(safe) + '"'
 
 
-def _role_model(cfg: Mapping[str, Any], role: str) -> str:
-    roles = cfg.get("roles") or {}
-    own = roles.get(role) or {}
-    if role.startswith("consultant_") and not own:
-        own = roles.get("consultant") or {}
-    model = own.get("model") if isinstance(own, Mapping) else None
-    provider = own.get("provider") if isinstance(own, Mapping) else None
+def _role_model(cfg: AgentConfig, role: str) -> str:
+    own = cfg.roles.get(role)
+    if role.startswith("consultant_") and own is None:
+        own = cfg.roles.get("consultant")
+    model = own.model if own is not None else None
+    provider = own.provider if own is not None else None
     if model or provider:
-        return f"({provider or cfg.get('provider', 'auto')} / {model or 'default model'})"
+        return f"({provider or cfg.provider} / {model or 'default model'})"
     return ""
 
 
 def chain_mermaid(
-    agent_cfg: Mapping[str, Any],
+    agent_cfg: Mapping[str, Any] | AgentConfig,
     *,
     fallback_sampler: str = "TPESampler",
     storage: str = "Optuna storage",
@@ -57,37 +67,37 @@ def chain_mermaid(
     """The agent chain configured by ``agent_cfg`` as a Mermaid flowchart.
 
     Args:
-        agent_cfg: A mapping shaped like ``conf/agent/*.yaml`` (``provider``, ``model``,
-            ``chain``, ``researcher``, ``consultant_turns``, ``roles``, ``fallback_share``,
-            ``budget``, ``cache``).
-        fallback_sampler: Name of the classical sampler the LLM sampler falls back to.
+        agent_cfg: An :class:`~hpo.agents.AgentConfig`, or a mapping shaped like
+            ``conf/agent/*.yaml`` validated as one (``chain`` is a preset or a list of stages).
+        fallback_sampler: Name of the classical sampler the LLM sampler falls back to (in
+            ``agent.mode: hybrid``, the leader that runs the study).
         storage: Label of the storage node (e.g. a redacted URL).
 
     Returns:
         Mermaid source (``flowchart TD ...``), ending with a newline.
 
     Raises:
-        ConfigError: ``chain`` is not one of single, diagnose, consultants, planner.
+        ConfigError: The config is not a valid agent config (one line naming the key).
     """
-    provider = str(agent_cfg.get("provider") or "auto")
-    chain = str(agent_cfg.get("chain") or "diagnose").strip().lower()
-    if chain not in CHAIN_NAMES:
-        raise ConfigError(f"agent.chain={chain!r} is unknown: use one of {', '.join(CHAIN_NAMES)}")
-    model = str(agent_cfg.get("model") or "preset default model")
-    researcher = bool(agent_cfg.get("researcher", False))
-    share = float(agent_cfg.get("fallback_share") or 0.0)
-    budget = agent_cfg.get("budget") or {}
-    caps = [f"{k}={v}" for k, v in budget.items() if v is not None] if isinstance(
-        budget, Mapping) else []
+    cfg = AgentConfig.from_mapping(agent_cfg)
+    name, stages = cfg.stages
+    body = [s for s in stages if s != "checker"]
+    hybrid = cfg.mode == "hybrid"
+    caps = [f"{k}={v}" for k, v in cfg.budget.model_dump().items() if v is not None]
 
     out = ["flowchart TD"]
     add = out.append
     add(f"  storage[({_label(storage, 'trials, params, values, provenance, notes')})]")
     add(f"  trial[{_label('New trial', 'hpo:source, rationale, tokens, cost')}]")
-    add(f"  fallback[{_label('Fallback sampler', fallback_sampler)}]")
+    if hybrid:
+        leader = _label("Leader: classical sampler", f"agent.leader={cfg.leader}",
+                        "learns from every trial")
+        add(f"  fallback[{leader}]")
+    else:
+        add(f"  fallback[{_label('Fallback sampler', fallback_sampler)}]")
     add("  trial -->|ask, launch, tell| storage")
     add("  fallback --> trial")
-    if provider == "none":
+    if cfg.no_llm:
         add(f"  history[{_label('Study history')}]")
         add("  storage --> history --> fallback")
         add(f"  note[{_label('agent.provider=none: no LLM, every trial from the fallback')}]")
@@ -97,52 +107,40 @@ def chain_mermaid(
     history = _label("History view", "best k + recent k trials, curve features, rule verdict")
     add(f"  history[{history}]")
     add("  storage -->|history| history")
-    title = f"agent chain: {chain} ({provider} / {model})"
-    if agent_cfg.get("cache"):
+    title = f"agent chain: {name} ({cfg.provider} / {cfg.model or 'preset default model'})"
+    if cfg.cache:
         title += ", reply cache"
     add(f"  subgraph chain[{_label(title)}]")
-    first: str
-    last: str
-    def role(node: str, title: str, what: str = "") -> None:
-        add(f"    {node}[{_label(title, what, _role_model(agent_cfg, node))}]")
-
-    if researcher:
-        role("researcher", "Researcher", "remedies")
-    if chain == "single":
-        role("proposer", "Proposer", "proposals + rationale")
-        first = last = "proposer"
-        if researcher:
-            add("    researcher --> proposer")
-            first = "researcher"
-    elif chain == "diagnose":
-        role("analyst", "Analyst", "diagnosis; skipped on a conclusive rule verdict")
-        role("proposer", "Proposer", "proposals + rationale")
-        if researcher:
-            add("    analyst --> researcher --> proposer")
-        else:
-            add("    analyst -->|diagnosis| proposer")
-        first, last = "analyst", "proposer"
-    elif chain == "consultants":
-        turns = int(agent_cfg.get("consultant_turns") or 2)
-        role("consultant_a", "Consultant A")
-        role("consultant_b", "Consultant B")
-        role("supervisor", "Supervisor", "decides: proposals + rationale")
-        add(f"    consultant_a <-->|{turns} turn{'s' * (turns != 1)}| consultant_b")
-        add("    consultant_b --> supervisor")
-        first, last = "consultant_a", "supervisor"
-        if researcher:
-            add("    researcher --> consultant_a")
-            first = "researcher"
-    else:  # planner
-        role("planner", "Planner", "step small / medium / radical, or stop")
-        first = last = "planner"
-        if researcher:
-            add("    researcher --> planner")
-            first = "researcher"
+    entry: dict[str, str] = {}  # stage -> its first node, and last node
+    leave: dict[str, str] = {}
+    for stage in body:
+        if stage == "consultants":
+            for node, text in (("consultant_a", "Consultant A"), ("consultant_b", "Consultant B")):
+                add(f"    {node}[{_label(text, '', _role_model(cfg, node))}]")
+            turns = cfg.consultant_turns
+            add(f"    consultant_a <-->|{turns} turn{'s' * (turns != 1)}| consultant_b")
+            entry[stage], leave[stage] = "consultant_a", "consultant_b"
+            continue
+        title_, what = _STAGE_TEXT[stage]
+        add(f"    {stage}[{_label(title_, what, _role_model(cfg, stage))}]")
+        entry[stage] = leave[stage] = stage
+    if body == ["analyst", "proposer"]:
+        add("    analyst -->|diagnosis| proposer")
+    else:  # chains of arrows, broken where a stage is two nodes (the consultants)
+        path: list[str] = []
+        for stage in body:
+            path.append(entry[stage])
+            if entry[stage] != leave[stage]:
+                if len(path) > 1:
+                    add("    " + " --> ".join(path))
+                path = [leave[stage]]
+        if len(path) > 1:
+            add("    " + " --> ".join(path))
     add("  end")
+    first, last = entry[body[0]], leave[body[-1]]
     add(f"  history --> {first}")
     add(f"  checker{{{_label('Checker', 'params vs distributions')}}}")
-    add(f"  repair[{_label('Repair', 'one LLM call', _role_model(agent_cfg, 'repair'))}]")
+    add(f"  repair[{_label('Repair', 'one LLM call', _role_model(cfg, 'repair'))}]")
     add(f"  recheck{{{_label('Check again')}}}")
     add(f"  clamp[{_label('Clamp into range', 'or fallback value per param')}]")
     add(f"  {last} -->|proposals| checker")
@@ -154,12 +152,25 @@ def chain_mermaid(
     if caps:
         reasons.append("budget spent (" + ", ".join(caps) + ")")
     add(f"  {last} -.->|{_edge(' / '.join(reasons))}| fallback")
-    if share > 0:
-        add(f"  history -.->|{_edge(f'fallback_share {share:.0%} of trials')}| fallback")
-    if chain == "planner":
+    if hybrid:
+        share = f"llm_share {cfg.llm_share:.0%} of trials, all after {cfg.stall_trials} " \
+                "without progress"
+        add(f"  fallback -->|{_edge('its state: mean, step size, best trials')}| {first}")
+        add(f"  history -.->|{_edge(share)}| {first}")
+    elif cfg.fallback_share > 0:
+        add(f"  history -.->|{_edge(f'fallback_share {cfg.fallback_share:.0%} of trials')}| "
+            "fallback")
+    if cfg.adaptive_share:
+        bandit = _label("Source choice per trial", "by how LLM and classical trials rank",
+                        f"LLM floor {cfg.llm_floor:.0%}")
+        add(f"  bandit{{{bandit}}}")
+        add("  storage -.->|ranks| bandit")
+        add("  bandit -.->|LLM| history")
+        add("  bandit -.->|classical| fallback")
+    if body[-1] == "planner":
         add(f"  stop([{_label('Sweep stops')}])")
         add("  planner -.->|stop| stop")
-    if provider == "auto":
+    if cfg.provider == "auto":
         auto = _label("provider auto: the first API key set;", "none set: fallback only")
         add(f"  auto[{auto}]")
         add("  auto -.- chain")
@@ -206,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--agent", default="auto",
                         help="agent preset of conf/agent/ (default: auto)")
-    parser.add_argument("--chain", choices=CHAIN_NAMES, default=None,
-                        help="override the preset's chain")
+    parser.add_argument("--chain", default=None,
+                        help="override the preset's chain: one of " + ", ".join(CHAIN_NAMES)
+                        + ", or stages separated by commas (analyst,planner,checker)")
     parser.add_argument("--researcher", action="store_true", help="add the researcher role")
     parser.add_argument("--fallback", default="TPESampler",
                         help="name of the fallback sampler (default: TPESampler)")
@@ -218,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_agent_config(args.agent)
         if args.chain:
-            cfg["chain"] = args.chain
+            cfg["chain"] = [s for s in args.chain.split(",") if s.strip()] \
+                if "," in args.chain else args.chain
         if args.researcher:
             cfg["researcher"] = True
         text = chain_mermaid(cfg, fallback_sampler=args.fallback)
@@ -226,7 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.out is None and args.png is None:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted; no error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     mmd = Path(args.out) if args.out else Path(args.png).with_suffix(".mmd")
     mmd.parent.mkdir(parents=True, exist_ok=True)

@@ -289,6 +289,35 @@ def test_chain_mermaid_options_and_escaping() -> None:
         chain_mermaid({"chain": "debate"})
 
 
+def test_chain_mermaid_draws_a_list_of_stages_and_the_hybrid_mode() -> None:
+    text = chain_mermaid({"provider": "openai", "chain": ["analyst", "consultants",
+                                                         "supervisor", "checker"],
+                          "researcher": True, "consultant_turns": 1})
+    assert "agent chain: analyst+consultants+supervisor" in text
+    for edge in ["history --> analyst", "analyst --> researcher --> consultant_a",
+                 "consultant_a <-->|1 turn| consultant_b", "consultant_b --> supervisor",
+                 "supervisor -->|proposals| checker"]:
+        assert edge in text, edge
+    hybrid = chain_mermaid({"provider": "openai", "chain": "single", "mode": "hybrid",
+                            "leader": "cmaes", "llm_share": 0.3, "adaptive_share": False})
+    assert "Leader: classical sampler<br/>agent.leader=cmaes" in hybrid
+    assert "fallback -->|its state: mean, step size, best trials| proposer" in hybrid
+    assert "llm_share 30% of trials" in hybrid and "bandit" not in hybrid
+    assert "LLM floor 5%" in chain_mermaid({"provider": "openai"})
+
+
+@pytest.mark.parametrize(("cfg", "needle"), [
+    ({"temperature": 3}, "agent.temperature=3"),
+    ({"chain": ["proposer", "planner"]}, "has 2 proposing stages"),
+    ({"roles": {"critic": {}}}, "agent.roles.critic is not a role"),
+])
+def test_chain_mermaid_checks_the_config_as_the_sweep_does(cfg: dict[str, object],
+                                                          needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        chain_mermaid(cfg)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
 def test_diagram_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                      monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_agent_config("claude")["provider"] == "claude"
@@ -307,3 +336,7 @@ def test_diagram_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert "consultant_a <-->" in (tmp_path / "chain.mmd").read_text()
     assert hpo.diagram.main(["--agent", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: agent preset 'nope' is unknown")
+    assert hpo.diagram.main(["--agent", "claude", "--chain", "analyst,planner"]) == 0
+    assert "analyst --> planner" in capsys.readouterr().out
+    assert hpo.diagram.main(["--chain", "debate"]) == 2
+    assert capsys.readouterr().err.startswith("error: agent.chain='debate' is unknown")
