@@ -30,7 +30,7 @@ def render_table(cases: list[Any] = CASES) -> str:
     """The Markdown table of the bad-input cases, one row per case, in the test's order."""
     rows = [BEGIN, "| case | overrides | the one line on stderr contains |", "|---|---|---|"]
     for param in cases:
-        overrides, needle, key = param.values
+        _, overrides, needle, key = param.values
         shown = " ".join(f"`{_cell(o)}`" for o in overrides)
         if key:
             shown += " (with `OPENAI_API_KEY` set)"
