@@ -68,8 +68,9 @@ RETRY_COUNT = _key("hpo:retry_count", "trial", "sweeper",
                    "how many times these params have been retried so far")
 OUTPUT_DIR = _key(
     "hpo:output_dir", "trial", "sweeper",
-    "the job's output directory; written only when it cannot be derived from the driver's "
-    "`output_dir` pattern in `hpo:drivers` (read it with `hpo.attrs.trial_output_dir`)")
+    "the job's output directory; written only when it cannot be derived from the `output_dir` "
+    "pattern of its driver's record (`hpo:drivers:<id>`; read it with "
+    "`hpo.attrs.trial_output_dir`)")
 FOLDS = _key("folds", "trial", "sweeper",
              "k-fold CV: the objective of each fold (a list per objective when several)")
 FOLD_STD = _key("fold_std", "trial", "sweeper",
@@ -144,11 +145,18 @@ SLURM_STATE = _key("hpo:slurm_state", "trial", "hpo.status",
 
 # ------------------------------------------------------------------ study
 DRIVERS = _key(
-    "hpo:drivers", "study", "sweeper",
-    'the drivers that ran the study, oldest first (50 kept): `{"id": "host:pid:start", '
-    '"output_dir": ".../trial_{number}", "since": unix time}`, the pattern null when not '
-    'derivable; a driver running as a SLURM job adds `"slurm_job"` (its job id) and `"log"` '
-    "(old studies: plain id strings)")
+    "hpo:drivers", "study", "sweeper (earlier versions)",
+    "the list of drivers that ran the study, written by earlier versions (a read-modify-write "
+    "that lost the records of drivers starting together); still read, merged with "
+    "`hpo:drivers:<id>`; entries as there (oldest: plain id strings)")
+DRIVER_PREFIX = "hpo:drivers:"
+DRIVER_RECORD = _key(
+    DRIVER_PREFIX + "<id>", "study", "sweeper",
+    'one driver that ran the study, under its own key (`<id>` is `host:pid:start`), written '
+    'once when it starts: `{"id": "host:pid:start", "output_dir": ".../trial_{number}", '
+    '"since": unix time}`, the pattern null when not derivable; a driver running as a SLURM '
+    'job adds `"slurm_job"` (its job id) and `"log"`. Read them with '
+    "`hpo.attrs.driver_records` (oldest first, the last 50)")
 DRIVER_JOB = _key(
     "hpo:driver_job", "study", "sweeper (detach)",
     '`{"job_id": "123", "log": "/abs/driver-123.log", "script": "/abs/driver.sbatch", '
@@ -272,16 +280,32 @@ def driver_job(study_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def driver_records(study_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The entries of :data:`DRIVERS`, oldest first, each a dict with ``id`` (and
-    ``output_dir``); plain id strings of older studies come back as ``{"id": ...}``."""
+def driver_key(driver: str) -> str:
+    """The study user attr that holds one driver's record (:data:`DRIVER_RECORD`)."""
+    return DRIVER_PREFIX + driver
+
+
+def _since(record: Mapping[str, Any]) -> float:
+    since = record.get("since")
+    return float(since) if isinstance(since, int | float) else 0.0
+
+
+def driver_records(study_attrs: Mapping[str, Any], *, keep: int = 50) -> list[dict[str, Any]]:
+    """The drivers of a study, oldest first (the last ``keep``), each a dict with ``id`` (and
+    ``output_dir``): the list of :data:`DRIVERS` that older versions wrote (plain id strings
+    come back as ``{"id": ...}``), then the :data:`DRIVER_RECORD` records by start time."""
     out: list[dict[str, Any]] = []
     for d in study_attrs.get(DRIVERS) or []:
         if isinstance(d, str):
             out.append({"id": d, "output_dir": None})
         elif isinstance(d, Mapping) and isinstance(d.get("id"), str):
             out.append(dict(d))
-    return out
+    seen = {d["id"] for d in out}
+    own = [dict(v) for k, v in study_attrs.items()
+           if k.startswith(DRIVER_PREFIX) and isinstance(v, Mapping)
+           and isinstance(v.get("id"), str) and v["id"] not in seen]
+    own.sort(key=_since)
+    return [*out, *own][-keep:]
 
 
 def trial_output_dir(

@@ -72,6 +72,13 @@ def test_output_dir_is_stored_or_derived_from_the_drivers_pattern() -> None:
         attrs.driver_record("h:3:4", None),
     ]}
     assert [d["id"] for d in attrs.driver_records(study)] == ["old:1:1", "h:1:2", "h:3:4"]
+    # each driver of this version under its own key, merged after the old list, by start time
+    both = {**study, attrs.driver_key("h:9:9"): attrs.driver_record("h:9:9", None, since=20.0),
+            attrs.driver_key("h:5:5"): attrs.driver_record("h:5:5", "/r/{number}", since=10.0),
+            attrs.driver_key("h:1:2"): attrs.driver_record("h:1:2", "/dup", since=5.0)}
+    assert [d["id"] for d in attrs.driver_records(both)] == [
+        "old:1:1", "h:1:2", "h:3:4", "h:5:5", "h:9:9"]
+    assert [d["id"] for d in attrs.driver_records(both, keep=2)] == ["h:5:5", "h:9:9"]
     launched = {attrs.LAUNCH: attrs.launch_record("h:1:2", [])}
     assert attrs.trial_output_dir(7, launched, study) == "/runs/sweep/trial_7"
     stored = {**launched, attrs.OUTPUT_DIR: "/elsewhere/7"}

@@ -115,6 +115,51 @@ def journal_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(study=study, codes=[c for c, _ in done], outputs=[o for _, o in done])
 
 
+@pytest.mark.parametrize("backend", ["journal", "sqlite"])
+def test_drivers_registering_together_are_all_recorded(tmp_path: Path, backend: str) -> None:
+    """Each driver's record is its own study attr: none is lost when they start together (a
+    shared list written read-modify-write kept only the last writer's view, and a driver that
+    saw no other one never re-counted the budget: 351 trials for 200 under load)."""
+    import threading
+    from types import SimpleNamespace
+
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from hpo import attrs
+    from hydra_plugins.hpo_sweeper._recovery import other_drivers_alive
+    from hydra_plugins.hpo_sweeper._study import register_driver
+
+    def storage() -> optuna.storages.BaseStorage:
+        if backend == "journal":
+            return JournalStorage(JournalFileBackend(str(tmp_path / "j.log")))
+        return optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}",
+                                          engine_kwargs={"connect_args": {"timeout": 60}})
+
+    optuna.create_study(study_name="q", storage=storage())
+    ids = [f"{attrs.driver_id().rsplit(':', 2)[0]}:{n}:0" for n in range(1, 9)]
+    gate = threading.Barrier(len(ids))
+
+    def start(driver: str) -> None:  # each "driver" with its own storage object, as a process
+        study = optuna.load_study(study_name="q", storage=storage())
+        gate.wait()
+        register_driver(study, driver, SimpleNamespace(output_dir_pattern=None))
+
+    threads = [threading.Thread(target=start, args=(d,)) for d in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    study_attrs = optuna.load_study(study_name="q", storage=storage()).user_attrs
+    assert sorted(d["id"] for d in attrs.driver_records(study_attrs)) == sorted(ids)
+    # every one of them sees the others (ids of this host with no live process count as gone,
+    # so a live one is added: this process)
+    me = attrs.driver_id()
+    register_driver(optuna.load_study(study_name="q", storage=storage()), me,
+                    SimpleNamespace(output_dir_pattern=None))
+    study_attrs = optuna.load_study(study_name="q", storage=storage()).user_attrs
+    assert other_drivers_alive(study_attrs, ids[0])
+
+
 def test_journal_eight_drivers_lose_no_tell(journal_run: Run) -> None:
     assert_no_lost_tells(journal_run, N_TRIALS)
 

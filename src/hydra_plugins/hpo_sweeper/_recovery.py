@@ -2,7 +2,7 @@
 
 A driver names itself ``host:pid:start`` (the process start time tells a live pid from a
 reused one). Each trial records its driver in ``hpo:launch`` when its job is launched; the study
-lists its drivers in ``hpo:drivers``. On start, :func:`recover_orphans` judges every RUNNING
+lists its drivers (``hpo:drivers:<id>``). On start, :func:`recover_orphans` judges every RUNNING
 trial with :func:`judge` (a pure decision on those facts) and fails the orphans through
 :func:`fail_and_retry`, which the slot loop also uses for jobs it loses.
 

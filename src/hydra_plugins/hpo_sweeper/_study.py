@@ -213,16 +213,15 @@ def check_space(trials: Sequence[FrozenTrial], plan: SweepPlan) -> None:
 
 
 def register_driver(study: optuna.Study, driver: str, plan: SweepPlan) -> None:
-    """Add this driver (its output-dir pattern, start, and SLURM job when it runs as one) to
-    the study's ``hpo:drivers``."""
+    """Record this driver (its output-dir pattern, start, and SLURM job when it runs as one)
+    under its own study user attr (``hpo:drivers:<id>``): one write that no other driver's can
+    undo, where a shared list lost the drivers that started together."""
     from ._detach import ENV_DRIVER_JOB, ENV_DRIVER_LOG
 
-    records = attrs.driver_records(study.user_attrs)[-49:]
-    study.set_user_attr(attrs.DRIVERS, [
-        *records, attrs.driver_record(driver, plan.output_dir_pattern, since=time.time(),
-                                      slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,
-                                      log=os.environ.get(ENV_DRIVER_LOG) or None)
-    ])
+    study.set_user_attr(attrs.driver_key(driver), attrs.driver_record(
+        driver, plan.output_dir_pattern, since=time.time(),
+        slurm_job=os.environ.get(ENV_DRIVER_JOB) or None,
+        log=os.environ.get(ENV_DRIVER_LOG) or None))
 
 
 def export_job_context(plan: SweepPlan, study: optuna.Study, pruner: Any) -> None:
