@@ -12,7 +12,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO_ROOT, clean_env, run_cli
+from conftest import REPO_ROOT, clean_env, run_cli_batch
 from hpo.attrs import launch_overrides
 from hpo.errors import ConfigError
 
@@ -27,15 +27,32 @@ OWN = {
 }
 
 
-def sweep(tmp: Path, study: str, *overrides: str) -> optuna.Study:
-    db = tmp / "s.db"
-    run_cli(
-        ["-m", "hpo.train", "-m", "trainer=debug", "agent=none",
-         f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp / 'sweep'}",
-         f"hydra.sweeper.study_name={study}", "hydra.sweeper.seed=3", *overrides],
-        cwd=tmp, env=clean_env(), timeout=600,
-    )
-    return optuna.load_study(study_name=study, storage=f"sqlite:///{db}")
+SWEEPS = {  # study name: its overrides; the three sweeps run in one process (module fixture)
+    "nas": ("search_space=nas", "hydra.sweeper.n_trials=5"),
+    "cv": ("cv.folds=3", "hydra.sweeper.n_trials=2",
+           "optimizer.lr=tag(log, interval(1e-3, 1e-2))"),
+    "acc_vs_size": ("+experiment=acc_vs_size", "hydra.sweeper.n_trials=4"),
+}
+
+
+def sweep_args(tmp: Path, study: str, *overrides: str) -> list[str]:
+    return ["-m", "hpo.train", "-m", "trainer=debug", "agent=none",
+            f"hydra.sweeper.storage=sqlite:///{tmp / 's.db'}", f"hydra.sweep.dir={tmp / 'sweep'}",
+            f"hydra.sweeper.study_name={study}", "hydra.sweeper.seed=3", *overrides]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, optuna.Study]]:
+    """The three short sweeps, one after the other in ONE process (tests/apps/cli_batch.py):
+    each its own folder, storage and command line, as separate ``python -m hpo.train -m``."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in SWEEPS}
+    done = run_cli_batch([(sweep_args(dirs[n], n, *o), dirs[n], clean_env())
+                          for n, o in SWEEPS.items()], timeout=1200)
+    out = {}
+    for (name, tmp), proc in zip(dirs.items(), done, strict=True):
+        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stderr[-4000:]}"
+        out[name] = tmp, optuna.load_study(study_name=name, storage=f"sqlite:///{tmp / 's.db'}")
+    return out
 
 
 # --- folds of the data modules -----------------------------------------------------------------
@@ -86,8 +103,10 @@ def test_data_configs_read_cv_with_a_fallback() -> None:
 
 
 @pytest.mark.slow
-def test_nas_trials_carry_only_their_models_params(tmp_path: Path) -> None:
-    study = sweep(tmp_path, "nas", "search_space=nas", "hydra.sweeper.n_trials=5")
+def test_nas_trials_carry_only_their_models_params(
+    swept: dict[str, tuple[Path, optuna.Study]]
+) -> None:
+    _, study = swept["nas"]
     trials = study.trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 5
     models = set()
@@ -109,9 +128,10 @@ def test_nas_trials_carry_only_their_models_params(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kfold_cv_tells_the_mean_and_keeps_folds(tmp_path: Path) -> None:
-    study = sweep(tmp_path, "cv", "cv.folds=3", "hydra.sweeper.n_trials=2",
-                  "optimizer.lr=tag(log, interval(1e-3, 1e-2))")
+def test_kfold_cv_tells_the_mean_and_keeps_folds(
+    swept: dict[str, tuple[Path, optuna.Study]]
+) -> None:
+    tmp_path, study = swept["cv"]
     for t in study.trials:
         assert t.state.name == "COMPLETE"
         folds = t.user_attrs["folds"]
@@ -130,8 +150,8 @@ def test_kfold_cv_tells_the_mean_and_keeps_folds(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_acc_vs_size_gives_a_pareto_front(tmp_path: Path) -> None:
-    study = sweep(tmp_path, "acc_vs_size", "+experiment=acc_vs_size", "hydra.sweeper.n_trials=4")
+def test_acc_vs_size_gives_a_pareto_front(swept: dict[str, tuple[Path, optuna.Study]]) -> None:
+    _, study = swept["acc_vs_size"]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val/acc", "model/params"]
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
