@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 from _services import *  # noqa: F403
+
+# Started in the background of a shell without job control (`cmd &` in a script, nohup), the
+# test session inherits SIGINT ignored, and so would every process it starts: hpo (like python)
+# leaves an ignored SIGINT alone, so the tests of Ctrl-C would see no interrupt. Tests run as
+# from a terminal: SIGINT raises KeyboardInterrupt here, and its children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "apps"
