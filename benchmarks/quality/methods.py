@@ -144,8 +144,10 @@ def agent_unavailable(agent: str) -> str | None:
         return None
     if agent == "local":
         url = os.environ.get("HPO_LOCAL_BASE_URL") or LOCAL_DEFAULT_BASE_URL
+        # a refused connection fails at once; a single-slot server (llama-cpp-python) answers
+        # nothing while it generates, so a busy one gets a minute to finish its request
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=3):
+            with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=60):
                 return None
         except OSError as exc:
             return (f"no OpenAI-compatible server at {url} ({type(exc).__name__}): start one "
