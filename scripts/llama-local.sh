@@ -329,8 +329,7 @@ cmd_up() {
     # (restarting it would cut the requests it is serving, e.g. a sweep's)
     [ -z "${HPO_LLAMA_THREADS:-}" ] && have="$(no_threads "$have")" && same="$(no_threads "$want")"
     if [ "$have" = "$same" ]; then
-      # a busy server may answer late (one request at a time): wait before giving up on it
-      # (llama-cpp-python answers no request while it generates)
+      # llama-cpp-python answers nothing while it generates: give a busy server time
       local deadline=$((SECONDS + START_TIMEOUT))
       while [ "$SECONDS" -lt "$deadline" ] && server_pid >/dev/null; do
         if answers; then

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -20,6 +23,7 @@ from _services import *  # noqa: F403
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+K = TypeVar("K")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APPS = Path(__file__).resolve().parent / "apps"
 LLM_ENV_VARS = (
@@ -59,21 +63,19 @@ def run_cli(
 
 
 def run_cli_batch(
-    runs: Sequence[tuple[Sequence[str], Path, dict[str, str] | None]],
+    runs: Mapping[K, tuple[Sequence[str], Path, dict[str, str] | None]],
     *,
     timeout: float = 600,
-) -> list[subprocess.CompletedProcess[str]]:
-    """Run several ``python <args>`` command lines, each in its cwd and env, in ONE process.
+) -> dict[K, subprocess.CompletedProcess[str]]:
+    """Run several ``python <args>`` command lines (``key: (args, cwd, env)``), in order, in ONE
+    process; the result of each under its key.
 
     For command lines that end quickly (bad input, ``--help``, ``--cfg``): the stack is imported
     once instead of once per command (~10 s each). ``tests/apps/cli_batch.py`` gives each run its
     own cwd, environment, argv and fd-level stdout/stderr, and the exit code python would give.
     """
-    import json
-    import tempfile
-
     spec = [{"argv": list(args), "cwd": str(cwd), "env": env or clean_env()}
-            for args, cwd, env in runs]
+            for args, cwd, env in runs.values()]
     with tempfile.TemporaryDirectory(prefix="hpo-batch-") as tmp:
         src, dst = Path(tmp) / "runs.json", Path(tmp) / "results.json"
         src.write_text(json.dumps(spec))
@@ -83,9 +85,9 @@ def run_cli_batch(
             pytest.fail(f"the batch of {len(spec)} command lines failed (exit "
                         f"{proc.returncode})\n--- stderr\n{proc.stderr[-6000:]}")
         results = json.loads(dst.read_text())
-    return [subprocess.CompletedProcess([sys.executable, *run["argv"]], r["returncode"],
-                                        r["stdout"], r["stderr"])
-            for run, r in zip(spec, results, strict=True)]
+    return {key: subprocess.CompletedProcess([sys.executable, *run["argv"]], r["returncode"],
+                                             r["stdout"], r["stderr"])
+            for key, run, r in zip(runs, spec, results, strict=True)}
 
 
 @pytest.fixture

@@ -319,11 +319,11 @@ def trial_output_dir(
     driver = launch_driver(attrs)
     if driver is None:
         return None
-    for rec in reversed(driver_records(study_attrs)):
-        pattern = rec.get("output_dir")
-        if rec["id"] == driver and isinstance(pattern, str):
-            return pattern.replace("{number}", str(number))
-    return None
+    rec = study_attrs.get(driver_key(driver))  # its own record; older versions: the list
+    if not isinstance(rec, Mapping):
+        rec = next((d for d in reversed(driver_records(study_attrs)) if d["id"] == driver), {})
+    pattern = rec.get("output_dir")
+    return pattern.replace("{number}", str(number)) if isinstance(pattern, str) else None
 
 
 # ------------------------------------------------------------------ the driver id

@@ -56,10 +56,9 @@ class ParamSpec:
 def step_values(dist: BaseDistribution) -> list[Any] | None:
     """Every value on the step grid of an int or float range, ends included (floats rounded
     to 12 places, never above ``high``); None for a distribution without a step."""
-    step = getattr(dist, "step", None)
-    if step is None or not isinstance(dist, IntDistribution | FloatDistribution):
+    if not isinstance(dist, IntDistribution | FloatDistribution) or dist.step is None:
         return None
-    low, high = dist.low, dist.high
+    low, high, step = dist.low, dist.high, dist.step
     count = round((high - low) / step) + 1
     if isinstance(dist, IntDistribution):
         return [int(low + i * step) for i in range(count)]

@@ -95,14 +95,14 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     """Every case of CASES as its own ``python -m hpo.train -m`` command line, all in one
     process (tests/apps/cli_batch.py): each fails before any trial, so importing the stack
     once per case would be most of the time."""
-    runs, dirs = [], {}
+    runs = {}
     for param in CASES:
         case_id, overrides, _, key = param.values  # type: ignore[attr-defined]
-        tmp = dirs[case_id] = tmp_path_factory.mktemp(case_id)
-        runs.append((sweep_args(tmp, *overrides), tmp,
-                     clean_env(OPENAI_API_KEY=KEY) if key else None))
+        tmp = tmp_path_factory.mktemp(case_id)
+        runs[case_id] = (sweep_args(tmp, *overrides), tmp,
+                         clean_env(OPENAI_API_KEY=KEY) if key else None)
     done = run_cli_batch(runs)
-    return {cid: (dirs[cid], p.returncode, p.stderr) for cid, p in zip(dirs, done, strict=True)}
+    return {cid: (runs[cid][1], p.returncode, p.stderr) for cid, p in done.items()}
 
 
 @pytest.mark.parametrize(("case_id", "overrides", "needle", "key"), CASES)

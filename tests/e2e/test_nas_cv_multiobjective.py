@@ -46,10 +46,11 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, opt
     """The three short sweeps, one after the other in ONE process (tests/apps/cli_batch.py):
     each its own folder, storage and command line, as separate ``python -m hpo.train -m``."""
     dirs = {name: tmp_path_factory.mktemp(name) for name in SWEEPS}
-    done = run_cli_batch([(sweep_args(dirs[n], n, *o), dirs[n], clean_env())
-                          for n, o in SWEEPS.items()], timeout=1200)
+    done = run_cli_batch({n: (sweep_args(dirs[n], n, *o), dirs[n], clean_env())
+                          for n, o in SWEEPS.items()}, timeout=1200)
     out = {}
-    for (name, tmp), proc in zip(dirs.items(), done, strict=True):
+    for name, proc in done.items():
+        tmp = dirs[name]
         assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stderr[-4000:]}"
         out[name] = tmp, optuna.load_study(study_name=name, storage=f"sqlite:///{tmp / 's.db'}")
     return out

@@ -223,15 +223,15 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """Each bad command line of ``python -m hpo.best`` in its own folder, all in one process
     (tests/apps/cli_batch.py)."""
-    runs, dirs = [], {}
+    runs = {}
     for args, _ in BAD_INPUT:
-        tmp = dirs[" ".join(args)] = tmp_path_factory.mktemp("bad")
+        tmp = tmp_path_factory.mktemp("bad")
         values = {"tmp": str(tmp), "empty": _storage_with_empty_study(tmp),
                   "mo": f"sqlite:///{tmp / 'mo.db'}"}
         _multi_study(values["mo"])
-        runs.append((["-m", "hpo.best", *(a.format(**values) for a in args)], tmp, None))
-    done = run_cli_batch(runs)
-    return {key: (dirs[key], p) for key, p in zip(dirs, done, strict=True)}
+        runs[" ".join(args)] = (["-m", "hpo.best", *(a.format(**values) for a in args)], tmp,
+                                None)
+    return {key: (runs[key][1], p) for key, p in run_cli_batch(runs).items()}
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT)

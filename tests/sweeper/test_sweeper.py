@@ -178,9 +178,9 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory
     (tests/apps/cli_batch.py): each fails before any trial."""
     app = str(APPS / "quadratic" / "app.py")
     dirs = {o: tmp_path_factory.mktemp("bad") for o, _ in BAD_INPUT}
-    done = run_cli_batch([([app, "-m", *SEARCH, f"hydra.sweeper.storage=sqlite:///{d / 's.db'}",
-                            o], d, None) for o, d in dirs.items()], timeout=300)
-    return {o: (dirs[o], p) for o, p in zip(dirs, done, strict=True)}
+    done = run_cli_batch({o: ([app, "-m", *SEARCH, f"hydra.sweeper.storage=sqlite:///{d / 's.db'}",
+                               o], d, None) for o, d in dirs.items()}, timeout=300)
+    return {o: (dirs[o], p) for o, p in done.items()}
 
 
 @pytest.mark.parametrize(("override", "needle"), BAD_INPUT)
