@@ -143,10 +143,12 @@ def test_docs_commands_run_in_order_in_one_folder(tmp_path: Path) -> None:
     imported once instead of once per command)."""
     env = clean_env(PYTHONPATH=str(REPO_ROOT / "src"))
     commands = [cmd for page in PAGES for cmd in page_commands(page) if not skip_reason(cmd)]
+    # keyed by position: a line's ``&&`` chain may repeat a command
     done = run_cli_batch({i: (shrink(cmd.argv)[1:], tmp_path, env)
                           for i, cmd in enumerate(commands)}, timeout=1800)
     ran: list[str] = []
-    for cmd, proc in zip(commands, done.values(), strict=True):
+    for i, proc in done.items():
+        cmd = commands[i]
         if proc.returncode != 0:
             output = proc.stdout[-2000:] + proc.stderr[-3000:]
             kind = StudyClash if CLASH in output else AssertionError
